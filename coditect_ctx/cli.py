@@ -1,0 +1,43 @@
+"""The `ctx` command: wiring only. Each command lives in coditect_ctx/commands/ and calls one library job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .commands import health, stack
+
+app = typer.Typer(
+    name="ctx",
+    help="Operate the CODITECT memory-context store: PostgreSQL (record), ChromaDB (semantic search), Redis (cache).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ctx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option("--home", help="Data directory (CTX_HOME); default: the XDG data dir.")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    ctx.obj = {"home": home} if home else {}
+
+
+for module in (stack, health):
+    module.register(app)
+
+
+def main() -> None:
+    app()

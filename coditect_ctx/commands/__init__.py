@@ -1,0 +1,1 @@
+"""One module per command family; each registers its commands on the Typer app (cli.py is only wiring)."""

@@ -1,0 +1,126 @@
+"""`ctx setup`, `ctx status`, `ctx down`, `ctx logs`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import output
+from .common import JsonOpt, RuntimeOpt, YesOpt, settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(setup)
+    app.command()(status)
+    app.command()(down)
+    app.command()(logs)
+
+
+def setup(
+    ctx: typer.Context,
+    runtime: RuntimeOpt = None,
+    pg_port: Annotated[int | None, typer.Option(help="PostgreSQL port on 127.0.0.1 (CTX_PG_PORT).")] = None,
+    chroma_port: Annotated[int | None, typer.Option(help="Chroma port on 127.0.0.1 (CTX_CHROMA_PORT).")] = None,
+    redis_port: Annotated[int | None, typer.Option(help="Redis port on 127.0.0.1 (CTX_REDIS_PORT).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Start the store (what is not running), apply the schema, create collections. Safe to re-run."""
+    from ..stack import setup as do_setup
+
+    def body() -> int:
+        s = settings(ctx, runtime=runtime, pg_port=pg_port, chroma_port=chroma_port, redis_port=redis_port)
+        result = do_setup(s, report=output.note)
+        if json_out:
+            output.emit_json({"ok": True, **result.as_dict()})
+        else:
+            verdict = "ready" if result.changed else "ready (nothing to change)"
+            output.console().print(
+                f"ctx store {verdict}: runtime {result.runtime}, schema {result.schema_version}, cache {result.cache}",
+                markup=False,
+            )
+        return 0
+
+    output.run(body, json_out)
+
+
+def status(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Services, schema version, row counts, collection counts and sizes. Exit 3 when a service is down."""
+    from ..stack import status as do_status
+
+    def body() -> int:
+        data = do_status(settings(ctx))
+        down = [s["name"] for s in data["services"] if not s["running"] and not s.get("extra", {}).get("disabled")]
+        if json_out:
+            output.emit_json(data)
+        else:
+            _render_status(data)
+        return 3 if down else 0
+
+    output.run(body, json_out)
+
+
+def _render_status(data: dict) -> None:
+    out = output.console()
+    rows = [[s["name"], s["runtime"], s["address"], "up" if s["running"] else "down", s["version"] or "-", s["detail"]]
+            for s in data["services"]]
+    out.print(output.table(f"ctx store at {data['home']}", ["service", "runtime", "address", "state", "version", "note"], rows))
+    schema = data["schema"]
+    out.print(f"\nschema version: {schema['version'] if schema['version'] is not None else '-'} (latest {schema['latest']})"
+              f"    database size: {output.human_bytes(data['database_size'])}", markup=False)
+    if data["tables"]:
+        sizes = data["table_sizes"]
+        rows = [[t, n, output.human_bytes(sizes.get(t))] for t, n in data["tables"].items()]
+        out.print(output.table("\ntables", ["table", "rows", "size"], rows))
+    if data["collections"]:
+        rows = [[name, "-" if n is None else n] for name, n in data["collections"].items()]
+        out.print(output.table("\nchroma collections", ["collection", "embeddings"], rows))
+    for err in data["errors"]:
+        output.note(f"warning: {err}")
+
+
+def down(
+    ctx: typer.Context,
+    volumes: Annotated[bool, typer.Option("--volumes", help="Also DELETE all data (database, embeddings, cache).")] = False,
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop the services and keep the data (unless --volumes)."""
+    from ..stack import down as do_down
+
+    def body() -> int:
+        s = settings(ctx)
+        if volumes and not yes:
+            if not sys.stdin.isatty():
+                from ..errors import UsageError
+
+                raise UsageError("--volumes deletes every record and embedding", hint="Add --yes to confirm when not at a terminal.")
+            typer.confirm(f"Delete ALL data of the store at {s.home}?", abort=True)
+        messages: list[str] = []
+        name = do_down(s, volumes=volumes, report=lambda m: (messages.append(m), None if json_out else output.note(m)))
+        if json_out:
+            output.emit_json({"ok": True, "runtime": name, "volumes_removed": volumes, "messages": messages})
+        elif not volumes:
+            output.note("Data kept; `ctx setup` brings it back.")
+        return 0
+
+    output.run(body, json_out)
+
+
+def logs(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="postgres, chroma or redis")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
+) -> None:
+    """Show a service's log."""
+    from ..stack import logs as do_logs
+
+    def body() -> int:
+        for line in do_logs(settings(ctx), service, follow=follow, lines=lines):
+            sys.stdout.write(line if line.endswith("\n") else line + "\n")
+            sys.stdout.flush()
+        return 0
+
+    output.run(body)

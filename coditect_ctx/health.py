@@ -1,0 +1,261 @@
+"""`ctx health`: a verdict for cron and monitoring, in seconds, whatever state the services are in.
+
+Every check runs with a short timeout and in parallel, so a dead or hung service costs at most one timeout and
+is reported CRITICAL by name (Monitoring Plugins: a timeout on a checked service is CRITICAL; UNKNOWN is for a
+check that cannot run at all). Light by design: no torch, sentence-transformers or chromadb imports here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .config import Settings
+from .errors import CtxError
+from .runtime import probes
+from .stores import Store
+from .stores import postgres as pg
+from .stores.chroma import COLLECTIONS
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+EMBEDDED_TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
+
+
+@dataclass
+class Check:
+    name: str
+    status: int
+    message: str
+    # perfdata: label -> (value, unit, warn, crit, min, max)
+    metrics: dict[str, tuple] = field(default_factory=dict)
+
+    @property
+    def status_name(self) -> str:
+        return STATUS_NAMES[self.status]
+
+
+@dataclass
+class HealthReport:
+    checks: list[Check]
+    duration_s: float
+    runtime: str
+
+    @property
+    def status(self) -> int:
+        return max((c.status for c in self.checks), default=UNKNOWN)
+
+    @property
+    def status_name(self) -> str:
+        return STATUS_NAMES[self.status]
+
+    def as_dict(self) -> dict:
+        return {
+            "status": self.status_name,
+            "exit_code": self.status,
+            "runtime": self.runtime,
+            "duration_s": round(self.duration_s, 3),
+            "checks": [
+                {"name": c.name, "status": c.status_name, "message": c.message,
+                 "metrics": {k: v[0] for k, v in c.metrics.items()}}
+                for c in self.checks
+            ],
+        }
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, CtxError):
+        return exc.message
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def check_postgres(store: Store, timeout: float) -> Check:
+    try:
+        version = probes.pg_version(store.pg_url, timeout)
+    except Exception as exc:
+        return Check("postgres", CRITICAL, f"PostgreSQL unreachable at {store.runtime.name}: {_short(exc)}")
+    try:
+        with pg.connect(store.pg_url, timeout) as conn:
+            conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+            current = pg.schema_version(conn)
+    except Exception as exc:
+        return Check("postgres", CRITICAL, f"PostgreSQL {version}: cannot read schema: {_short(exc)}")
+    latest = pg.latest_version()
+    metrics = {"schema_version": (current, "", None, None, 0, None)}
+    if current == 0:
+        return Check("postgres", CRITICAL, f"PostgreSQL {version} up, but no ctx schema (run `ctx setup`)", metrics)
+    if current < latest:
+        return Check("postgres", WARNING, f"PostgreSQL {version}: schema {current} < {latest} (run `ctx setup`)", metrics)
+    if current > latest:
+        return Check("postgres", WARNING, f"PostgreSQL {version}: schema {current} is newer than this ctx ({latest})", metrics)
+    return Check("postgres", OK, f"PostgreSQL {version}, schema {current}", metrics)
+
+
+def check_chroma(store: Store, timeout: float) -> Check:
+    url, token = store.endpoints.chroma_url, store.endpoints.chroma_token
+    try:
+        probes.chroma_get(url, "/api/v2/heartbeat", token, timeout)
+        names = {c["name"] for c in probes.chroma_get(
+            url, "/api/v2/tenants/default_tenant/databases/default_database/collections?limit=1000", token, timeout)}
+    except Exception as exc:
+        return Check("chroma", CRITICAL, f"Chroma unreachable at {url}: {_short(exc)}")
+    missing = sorted(set(COLLECTIONS.values()) - names)
+    if missing:
+        return Check("chroma", CRITICAL, f"Chroma up, collections missing: {', '.join(missing)} (run `ctx setup`)")
+    return Check("chroma", OK, f"Chroma up, {len(COLLECTIONS)} collections")
+
+
+def check_redis(store: Store, timeout: float) -> Check:
+    url = store.endpoints.redis_url
+    if url is None:
+        return Check("redis", OK, f"cache disabled ({store.endpoints.redis_note})", {"cache_enabled": (0, "", None, None, 0, 1)})
+    try:
+        version = probes.redis_info(url, timeout)
+    except Exception as exc:
+        return Check("redis", CRITICAL, f"Redis unreachable: {_short(exc)}")
+    return Check("redis", OK, f"Redis {version} PONG", {"cache_enabled": (1, "", None, None, 0, 1)})
+
+
+def check_disk(settings: Settings) -> Check:
+    path = settings.home if settings.home.exists() else settings.home.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        return Check("disk", UNKNOWN, f"cannot stat {path}: {exc}")
+    pct = 100.0 * usage.used / usage.total if usage.total else 0.0
+    free_gb = usage.free / 1e9
+    w, c = settings.disk_warn_percent, settings.disk_crit_percent
+    status = CRITICAL if pct >= c else WARNING if pct >= w else OK
+    return Check("disk", status, f"{pct:.1f}% used, {free_gb:.1f} GB free on {path}",
+                 {"disk_used_pct": (round(pct, 2), "%", w, c, 0, 100)})
+
+
+def check_drift(store: Store, timeout: float) -> Check:
+    """Rows not embedded yet, and vectors Chroma holds beyond or short of what PostgreSQL says it embedded."""
+    try:
+        with pg.connect(store.pg_url, timeout) as conn:
+            conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+            if not pg.schema_version(conn):
+                return Check("drift", UNKNOWN, "no schema yet")
+            expected, pending = {}, 0
+            for kind, table in EMBEDDED_TABLES.items():
+                n_vec, n_pending = conn.execute(
+                    f"SELECT coalesce(sum(embedded_chunks) FILTER (WHERE embedded_sha256 = content_sha256), 0),"
+                    f" count(*) FILTER (WHERE embedded_sha256 IS DISTINCT FROM content_sha256) FROM {table}"
+                ).fetchone()
+                expected[kind], pending = int(n_vec), pending + int(n_pending)
+        from .stores.chroma import Chroma
+
+        chroma = Chroma(store.endpoints.chroma_url, store.endpoints.chroma_token, timeout=timeout)
+        try:
+            actual = {kind: chroma.count(COLLECTIONS[kind]) for kind in EMBEDDED_TABLES}
+        finally:
+            chroma.close()
+    except Exception as exc:
+        return Check("drift", UNKNOWN, f"cannot compare stores: {_short(exc)}")
+    mismatch = sum(abs(actual[k] - expected[k]) for k in expected)
+    metrics = {"embeddings_pending": (pending, "", 1, None, 0, None), "embedding_mismatch": (mismatch, "", 1, None, 0, None)}
+    if mismatch or pending:
+        return Check("drift", WARNING,
+                     f"{pending} rows not embedded, {mismatch} vectors out of step (run `ctx validate --repair`)", metrics)
+    return Check("drift", OK, f"PostgreSQL and Chroma agree ({sum(actual.values())} vectors)", metrics)
+
+
+def newest_backup(settings: Settings) -> tuple[Path, datetime] | None:
+    """The newest complete backup (one with a manifest), by its recorded end time."""
+    root = settings.backups_path
+    if not root.is_dir():
+        return None
+    best = None
+    for manifest in root.glob("*/manifest.json"):
+        try:
+            data = json.loads(manifest.read_text())
+            ended = datetime.fromisoformat(str(data.get("ended_at") or data.get("end_time")).replace("Z", "+00:00"))
+        except (OSError, ValueError, TypeError):
+            continue
+        if ended.tzinfo is None:
+            ended = ended.replace(tzinfo=timezone.utc)
+        if best is None or ended > best[1]:
+            best = (manifest.parent, ended)
+    return best
+
+
+def check_backup(settings: Settings) -> Check | None:
+    found = newest_backup(settings)
+    if found is None:
+        return None
+    path, ended = found
+    age_h = (datetime.now(timezone.utc) - ended).total_seconds() / 3600
+    limit = settings.backup_max_age_hours
+    status = WARNING if age_h > limit else OK
+    return Check("backup", status, f"newest backup {path.name} is {age_h:.1f} h old (limit {limit:g} h)",
+                 {"backup_age_hours": (round(age_h, 2), "", limit, None, 0, None)})
+
+
+def run_health(settings: Settings) -> HealthReport:
+    start = time.monotonic()
+    store = Store(settings)
+    t = settings.timeout
+    try:
+        store.endpoints  # resolve once, before the threads share it
+    except CtxError as exc:
+        return HealthReport([Check("config", UNKNOWN, exc.message)], time.monotonic() - start, "?")
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        futures = [
+            pool.submit(check_postgres, store, t),
+            pool.submit(check_chroma, store, t),
+            pool.submit(check_redis, store, t),
+            pool.submit(check_disk, settings),
+            pool.submit(check_backup, settings),
+        ]
+        checks = [f.result() for f in futures]
+    checks = [c for c in checks if c is not None]
+    by_name = {c.name: c for c in checks}
+    if by_name["postgres"].status != CRITICAL and by_name["chroma"].status == OK:
+        checks.append(check_drift(store, t))
+    return HealthReport(checks, time.monotonic() - start, store.runtime.name)
+
+
+# -- renderings -------------------------------------------------------------------------------------------
+def _perf_value(v) -> str:
+    return "" if v is None else f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def render_nagios(report: HealthReport) -> str:
+    """`CTX STATUS: text | 'label'=value[UOM];warn;crit;min;max ...` (Monitoring Plugins)."""
+    bad = [c for c in report.checks if c.status != OK]
+    text = "; ".join(f"{c.name} {c.status_name}: {c.message}" for c in bad) if bad else ", ".join(
+        f"{c.name} ok" for c in report.checks)
+    perf = []
+    for c in report.checks:
+        for label, (value, unit, warn, crit, lo, hi) in c.metrics.items():
+            perf.append(f"'{label}'={_perf_value(value)}{unit};{_perf_value(warn)};{_perf_value(crit)};"
+                        f"{_perf_value(lo)};{_perf_value(hi)}")
+    perf.append(f"'duration'={report.duration_s:.3f}s;;;0;")
+    return f"CTX {report.status_name}: {text} | {' '.join(perf)}"
+
+
+def render_prometheus(report: HealthReport) -> str:
+    """Text exposition format for node_exporter's textfile collector."""
+    lines = [
+        "# HELP ctx_health_status Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        "# TYPE ctx_health_status gauge",
+        f'ctx_health_status{{runtime="{report.runtime}"}} {report.status}',
+        "# HELP ctx_check_status Status of one check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        "# TYPE ctx_check_status gauge",
+    ]
+    lines += [f'ctx_check_status{{check="{c.name}"}} {c.status}' for c in report.checks]
+    lines += ["# HELP ctx_check_up 1 when the check passed (OK).", "# TYPE ctx_check_up gauge"]
+    lines += [f'ctx_check_up{{check="{c.name}"}} {1 if c.status == OK else 0}' for c in report.checks]
+    metrics = {label: value for c in report.checks for label, (value, *_rest) in c.metrics.items()}
+    for label, value in sorted(metrics.items()):
+        name = f"ctx_{label}"
+        lines += [f"# TYPE {name} gauge", f"{name} {_perf_value(value)}"]
+    lines += ["# TYPE ctx_health_duration_seconds gauge", f"ctx_health_duration_seconds {report.duration_s:.3f}"]
+    return "\n".join(lines) + "\n"

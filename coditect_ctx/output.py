@@ -1,0 +1,100 @@
+"""Rendering shared by every command: data to stdout, chatter and progress to stderr, JSON on request.
+
+Rich decides colour by itself: none when the stream is not a terminal, none with NO_COLOR set. Errors are one
+friendly line plus a hint (JSON in --json mode); CTX_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from .errors import CtxError
+
+_consoles: dict[str, Any] = {}
+
+
+def console(stderr: bool = False):
+    """Rich console for stdout (data) or stderr (progress, notes). Built on first use, per stream."""
+    from rich.console import Console
+
+    key = "err" if stderr else "out"
+    stream = sys.stderr if stderr else sys.stdout
+    cached = _consoles.get(key)
+    if cached is None or cached.file is not stream:
+        cached = Console(file=stream, stderr=stderr, highlight=False, soft_wrap=False)
+        _consoles[key] = cached
+    return cached
+
+
+def note(message: str) -> None:
+    console(stderr=True).print(message, markup=False)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def fail(exc: CtxError, json_mode: bool = False) -> int:
+    if json_mode:
+        emit_json({"ok": False, **exc.as_dict()})
+    else:
+        err = console(stderr=True)
+        err.print(f"Error: {exc.message}", markup=False, style="bold red")
+        if exc.hint:
+            err.print(f"Hint: {exc.hint}", markup=False)
+    return exc.exit_code
+
+
+def run(fn: Callable[[], int | None], json_mode: bool = False) -> None:
+    """Call a command body; map CtxError to its exit code; Ctrl-C to 130. Exits the process."""
+    try:
+        code = fn() or 0
+    except CtxError as exc:
+        if os.environ.get("CTX_DEBUG"):
+            raise
+        code = fail(exc, json_mode)
+    except KeyboardInterrupt:
+        note("Interrupted.")
+        code = 130
+    raise SystemExit(code)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*["" if v is None else str(v) for v in row])
+    return t
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@contextmanager
+def progress(enabled: bool = True) -> Iterator[Any]:
+    """A Rich progress display on stderr (transient); a silent stand-in when disabled or not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    show = enabled and console(stderr=True).is_terminal
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console(stderr=True), disable=not show, transient=False,
+    )
+    with bar:
+        yield bar

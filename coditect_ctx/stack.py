@@ -1,0 +1,142 @@
+"""Bring the store up, take it down, and say how it is: the jobs behind `ctx setup`, `ctx down`, `ctx status`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from .config import Settings, ensure_secrets
+from .errors import CtxError, ServiceError
+from .runtime import get_runtime, record_runtime, resolve_runtime_name
+from .stores import Store
+from .stores import postgres as pg
+from .stores.chroma import COLLECTIONS, ensure_collections
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class SetupResult:
+    runtime: str
+    schema_applied: list[str] = field(default_factory=list)
+    schema_version: int = 0
+    collections_created: list[str] = field(default_factory=list)
+    cache: str = "enabled"
+    model: str = ""
+    changed: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: bool = True) -> SetupResult:
+    """Start what is not running, wait for it, apply the schema, create collections. Idempotent."""
+    settings = ensure_secrets(settings)
+    name = resolve_runtime_name(settings)
+    runtime = get_runtime(replace(settings, runtime=name))
+    report(f"runtime: {name}")
+    runtime.start(report)
+    record_runtime(settings, name)
+    result = SetupResult(runtime=name)
+    with Store(settings, runtime) as store:
+        result.schema_applied = pg.migrate_schema(store.pg_url)
+        for applied in result.schema_applied:
+            report(f"schema: applied {applied}")
+        with store.pg() as conn:
+            result.schema_version = pg.schema_version(conn)
+        result.collections_created = ensure_collections(store.chroma)
+        for created in result.collections_created:
+            report(f"chroma: created collection {created}")
+        if store.endpoints.redis_url is None:
+            result.cache = f"disabled ({store.endpoints.redis_note})"
+            report(f"redis: {result.cache}; search works without it, only slower")
+    if prepare_model:
+        result.model = _prepare_query_model(settings, report)
+    result.changed = bool(result.schema_applied or result.collections_created)
+    return result
+
+
+def _prepare_query_model(settings: Settings, report: Report) -> str:
+    """Export the packaged model to ONNX once, so searches start without importing torch."""
+    try:
+        from . import embed
+    except ImportError:  # embedding support not installed in this build
+        return "unavailable"
+    onnx_path = settings.models_path / embed.ONNX_FILENAME if hasattr(embed, "ONNX_FILENAME") else None
+    if onnx_path is None or not onnx_path.exists():
+        report("model: preparing the ONNX export of all-MiniLM-L6-v2 (once, a few seconds)")
+    path = embed.ensure_onnx(settings.models_path)
+    return str(path)
+
+
+def down(settings: Settings, volumes: bool = False, report: Report = lambda msg: None) -> str:
+    runtime = get_runtime(settings, probe=False)
+    runtime.stop(volumes=volumes, report=report)
+    return runtime.name
+
+
+def status(settings: Settings) -> dict:
+    """Everything the original README's monitoring section showed, as one dict (rendered as tables or JSON)."""
+    store = Store(settings)
+    runtime = store.runtime
+    out: dict = {
+        "runtime": runtime.name,
+        "home": str(settings.home),
+        "services": [asdict(s) for s in runtime.services()],
+        "schema": {"version": None, "latest": pg.latest_version()},
+        "tables": {},
+        "table_sizes": {},
+        "database_size": None,
+        "collections": {},
+        "errors": [],
+    }
+    up = {s["name"]: s["running"] for s in out["services"]}
+    if up.get("postgres"):
+        try:
+            with store.pg() as conn:
+                out["schema"]["version"] = pg.schema_version(conn)
+                if out["schema"]["version"]:
+                    out["tables"] = pg.table_counts(conn)
+                out["table_sizes"] = pg.table_sizes(conn)
+                out["database_size"] = pg.database_size(conn)
+        except CtxError as exc:
+            out["errors"].append(exc.message)
+        except Exception as exc:  # a half-made schema must not hide the rest of the report
+            out["errors"].append(f"postgres: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    if up.get("chroma"):
+        try:
+            existing = {c["name"] for c in store.chroma.list_collections()}
+            for name in COLLECTIONS.values():
+                out["collections"][name] = store.chroma.count(name) if name in existing else None
+        except ServiceError as exc:
+            out["errors"].append(exc.message)
+    store.close()
+    return out
+
+
+def logs(settings: Settings, service: str, follow: bool = False, lines: int = 50):
+    """The last `lines` of a service's log, then new lines while `follow`."""
+    import time
+
+    from .errors import UsageError
+    from .runtime.base import SERVICES, tail_lines
+
+    if service not in SERVICES:
+        raise UsageError(f"Unknown service {service!r}", hint=f"Use one of: {', '.join(SERVICES)}.")
+    runtime = get_runtime(settings, probe=False)
+    if hasattr(runtime, "logs"):
+        yield from runtime.logs(service, follow=follow, lines=lines)
+        return
+    path = runtime.log_path(service)
+    if path is None or not path.exists():
+        raise UsageError(f"{service}: no log at {path}", hint="Has `ctx setup` run with this CTX_HOME?")
+    yield from tail_lines(path, lines).splitlines()
+    if follow:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            fh.seek(0, 2)
+            while True:
+                line = fh.readline()
+                if line:
+                    yield line.rstrip("\n")
+                else:
+                    time.sleep(0.3)

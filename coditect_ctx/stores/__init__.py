@@ -1,0 +1,53 @@
+"""One handle on the three stores, opened lazily: a job asks for what it uses and pays for nothing else."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ..config import Settings
+from ..runtime import Endpoints, Runtime, get_runtime
+from .cache import Cache
+from .chroma import Chroma
+
+
+class Store:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None):
+        self.settings = settings
+        self._runtime = runtime
+
+    @cached_property
+    def runtime(self) -> Runtime:
+        return self._runtime or get_runtime(self.settings, probe=False)
+
+    @cached_property
+    def endpoints(self) -> Endpoints:
+        return self.runtime.endpoints()
+
+    @property
+    def pg_url(self) -> str:
+        return self.endpoints.pg_url
+
+    def pg(self, autocommit: bool = False, timeout: float | None = None):
+        from .postgres import connect
+
+        return connect(self.pg_url, timeout or self.settings.timeout + 2, autocommit=autocommit)
+
+    @cached_property
+    def chroma(self) -> Chroma:
+        return Chroma(self.endpoints.chroma_url, self.endpoints.chroma_token)
+
+    @cached_property
+    def cache(self) -> Cache:
+        return Cache(self.endpoints.redis_url)
+
+    def close(self) -> None:
+        if "chroma" in self.__dict__:
+            self.chroma.close()
+        if "cache" in self.__dict__:
+            self.cache.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

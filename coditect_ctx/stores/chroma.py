@@ -1,0 +1,261 @@
+"""Chroma through its v2 REST API, with one kept-alive HTTP connection.
+
+Why not the `chromadb` client: importing it costs more than a whole `ctx search` may take, and it would pull in
+an embedding function that downloads a model at run time (impossible here). ctx computes embeddings itself and
+only needs a handful of endpoints, so this thin client speaks them directly. The `chromadb` package is still a
+dependency: it provides the server (`chroma run`) of the local runtime.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any, Iterable
+from urllib.parse import quote, urlsplit
+
+from ..errors import ServiceError
+
+TENANT = "default_tenant"
+DATABASE = "default_database"
+# Chroma refuses larger batches (its max_batch_size); stay a little under it.
+MAX_BATCH = 5000
+
+COLLECTIONS = {
+    "session": "sessions_embeddings",
+    "checkpoint": "checkpoints_embeddings",
+    "pattern": "patterns_embeddings",
+    "message": "messages_embeddings",
+}
+
+
+class ChromaHTTPError(ServiceError):
+    def __init__(self, status: int, body: str, path: str):
+        super().__init__(
+            f"chroma: {path} answered HTTP {status}: {body[:300]}",
+            hint="Check the Chroma server log (`ctx status` shows where it runs).",
+            service="chroma",
+        )
+        self.status = status
+
+
+class Chroma:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
+        parts = urlsplit(url)
+        self.scheme = parts.scheme or "http"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.scheme == "https" else 8000)
+        self.prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._ids: dict[str, str] = {}
+        self.url = url
+
+    # -- transport ---------------------------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self.host, self.port, timeout=self.timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+            headers["X-Chroma-Token"] = self.token
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        full = self.prefix + "/api/v2" + path
+        for attempt in (1, 2):  # a kept-alive connection the server closed is retried once on a new one
+            conn = self._connection()
+            try:
+                conn.request(method, full, body=payload, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (http.client.HTTPException, ConnectionError, socket.timeout, OSError) as exc:
+                self.close()
+                if attempt == 2 or isinstance(exc, socket.timeout):
+                    raise ServiceError(
+                        f"chroma: no answer from {self.url} ({type(exc).__name__}: {exc})",
+                        hint="Is Chroma running? `ctx status` shows the services; `ctx setup` starts them.",
+                        service="chroma",
+                    ) from exc
+        if resp.status >= 400:
+            raise ChromaHTTPError(resp.status, data.decode("utf-8", "replace"), path)
+        return json.loads(data) if data else None
+
+    # -- collections -------------------------------------------------------------------------------------
+    def _base(self) -> str:
+        return f"/tenants/{TENANT}/databases/{DATABASE}"
+
+    def heartbeat(self) -> int:
+        return self.request("GET", "/heartbeat").get("nanosecond heartbeat", 0)
+
+    def version(self) -> str:
+        return str(self.request("GET", "/version"))
+
+    def list_collections(self) -> list[dict]:
+        return self.request("GET", self._base() + "/collections?limit=1000") or []
+
+    def ensure_collection(self, name: str) -> str:
+        """Create the collection (cosine space) if missing; return its id. Idempotent."""
+        body = {
+            "name": name,
+            "metadata": {"hnsw:space": "cosine", "created_by": "ctx"},
+            "configuration": {"hnsw": {"space": "cosine"}},
+            "get_or_create": True,
+        }
+        coll = self.request("POST", self._base() + "/collections", body)
+        self._ids[name] = coll["id"]
+        return coll["id"]
+
+    def collection_id(self, name: str) -> str:
+        if name not in self._ids:
+            coll = self.request("GET", self._base() + "/collections/" + quote(name, safe=""))
+            self._ids[name] = coll["id"]
+        return self._ids[name]
+
+    def has_collection(self, name: str) -> bool:
+        try:
+            self.collection_id(name)
+            return True
+        except ChromaHTTPError as exc:
+            if exc.status in (400, 404):
+                return False
+            raise
+
+    def delete_collection(self, name: str) -> None:
+        try:
+            self.request("DELETE", self._base() + "/collections/" + quote(name, safe=""))
+        except ChromaHTTPError as exc:
+            if exc.status not in (400, 404):
+                raise
+        self._ids.pop(name, None)
+
+    def _coll(self, name: str) -> str:
+        return self._base() + "/collections/" + self.collection_id(name)
+
+    # -- records -----------------------------------------------------------------------------------------
+    def count(self, name: str) -> int:
+        return int(self.request("GET", self._coll(name) + "/count"))
+
+    def upsert(
+        self,
+        name: str,
+        ids: list[str],
+        embeddings: list[list[float]],
+        metadatas: list[dict] | None = None,
+        documents: list[str] | None = None,
+    ) -> None:
+        for start in range(0, len(ids), MAX_BATCH):
+            end = start + MAX_BATCH
+            body: dict[str, Any] = {"ids": ids[start:end], "embeddings": embeddings[start:end]}
+            if metadatas is not None:
+                body["metadatas"] = metadatas[start:end]
+            if documents is not None:
+                body["documents"] = documents[start:end]
+            self.request("POST", self._coll(name) + "/upsert", body)
+
+    def get(
+        self,
+        name: str,
+        ids: list[str] | None = None,
+        where: dict | None = None,
+        include: Iterable[str] = ("metadatas",),
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict:
+        body = {"ids": ids, "where": where, "include": list(include), "limit": limit, "offset": offset}
+        return self.request("POST", self._coll(name) + "/get", body)
+
+    def iter_all(self, name: str, include: Iterable[str] = ("metadatas",), page: int = 2000):
+        """Every record of a collection, page by page (for validate and backup)."""
+        offset = 0
+        while True:
+            batch = self.get(name, include=include, limit=page, offset=offset)
+            ids = batch.get("ids") or []
+            if not ids:
+                return
+            yield batch
+            if len(ids) < page:
+                return
+            offset += len(ids)
+
+    def delete(self, name: str, ids: list[str] | None = None, where: dict | None = None) -> None:
+        if not ids and not where:
+            return
+        for start in range(0, len(ids or [None]), MAX_BATCH):
+            body = {"ids": ids[start:start + MAX_BATCH] if ids else None, "where": where}
+            self.request("POST", self._coll(name) + "/delete", body)
+
+    def query(
+        self,
+        name: str,
+        embedding: list[float],
+        n_results: int = 10,
+        where: dict | None = None,
+        include: Iterable[str] = ("metadatas", "distances"),
+    ) -> dict:
+        body = {"query_embeddings": [embedding], "n_results": n_results, "where": where, "include": list(include)}
+        return self.request("POST", self._coll(name) + "/query", body)
+
+
+def ensure_collections(client: Chroma) -> list[str]:
+    """Create every collection ctx uses; return those that were missing."""
+    existing = {c["name"] for c in client.list_collections()}
+    missing = [n for n in COLLECTIONS.values() if n not in existing]
+    for name in COLLECTIONS.values():
+        client.ensure_collection(name)
+    return missing
+
+
+# -- the contract between what migrate writes and what search and validate read ---------------------------
+def vector_id(record_id: str, chunk: int) -> str:
+    """Chroma id of one chunk's vector: leads back to the PostgreSQL row (`<uuid>:<chunk no>`)."""
+    return f"{record_id}:{chunk}"
+
+
+def record_id_of(vector_id_: str) -> str:
+    return vector_id_.rsplit(":", 1)[0]
+
+
+def vector_metadata(
+    *,
+    record_type: str,
+    record_id: str,
+    chunk: int,
+    submodule: str,
+    title: str,
+    timestamp: float | None,
+    privacy_level: str,
+    tags: list[str],
+    content_sha256: str,
+) -> dict:
+    """Scalar metadata Chroma can filter on before ranking (filters apply in both engines before fusion).
+
+    Tags become boolean keys `tag:<name>` because Chroma metadata values are scalars; `ts` is epoch seconds (UTC)
+    so --since/--until are `$gte`/`$lte` filters; `sha` is the content hash the vector was made from.
+    """
+    meta = {
+        "record_type": record_type,
+        "record_id": record_id,
+        "chunk": chunk,
+        "submodule": submodule,
+        "title": title[:500],
+        "privacy_level": privacy_level,
+        "sha": content_sha256,
+    }
+    if timestamp is not None:
+        meta["ts"] = float(timestamp)
+    for tag in tags:
+        meta[f"tag:{tag}"] = True
+    return meta
