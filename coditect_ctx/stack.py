@@ -116,27 +116,9 @@ def status(settings: Settings) -> dict:
 
 def logs(settings: Settings, service: str, follow: bool = False, lines: int = 50):
     """The last `lines` of a service's log, then new lines while `follow`."""
-    import time
-
     from .errors import UsageError
-    from .runtime.base import SERVICES, tail_lines
+    from .runtime.base import SERVICES
 
     if service not in SERVICES:
         raise UsageError(f"Unknown service {service!r}", hint=f"Use one of: {', '.join(SERVICES)}.")
-    runtime = get_runtime(settings, probe=False)
-    if hasattr(runtime, "logs"):
-        yield from runtime.logs(service, follow=follow, lines=lines)
-        return
-    path = runtime.log_path(service)
-    if path is None or not path.exists():
-        raise UsageError(f"{service}: no log at {path}", hint="Has `ctx setup` run with this CTX_HOME?")
-    yield from tail_lines(path, lines).splitlines()
-    if follow:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            fh.seek(0, 2)
-            while True:
-                line = fh.readline()
-                if line:
-                    yield line.rstrip("\n")
-                else:
-                    time.sleep(0.3)
+    yield from get_runtime(settings, probe=False).logs(service, follow=follow, lines=lines)

@@ -11,10 +11,10 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..config import Settings
-from ..errors import PortInUseError, ServiceError
+from ..errors import PortInUseError, ServiceError, UsageError
 
 SERVICES = ("postgres", "chroma", "redis")
 
@@ -82,6 +82,22 @@ class Runtime(ABC):
 
     def log_path(self, service: str) -> Path | None:
         return None
+
+    def logs(self, service: str, follow: bool = False, lines: int = 50) -> Iterator[str]:
+        """The last `lines` of a service's log, then new lines while `follow` (file-based runtimes)."""
+        path = self.log_path(service)
+        if path is None or not path.exists():
+            raise UsageError(f"{service}: no log at {path}", hint="Has `ctx setup` run with this CTX_HOME?")
+        yield from tail_lines(path, lines).splitlines()
+        if follow:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                fh.seek(0, 2)
+                while True:
+                    line = fh.readline()
+                    if line:
+                        yield line.rstrip("\n")
+                    else:
+                        time.sleep(0.3)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

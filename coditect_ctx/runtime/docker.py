@@ -15,7 +15,6 @@ import os
 import socket
 import tarfile
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,48 +215,6 @@ def engine_client(timeout: int = 120):
     return client
 
 
-# ---------------------------------------------------------------- readiness probes (real round trips)
-
-
-def _pg_answers(url: str) -> bool:
-    import psycopg
-
-    try:
-        with psycopg.connect(url, connect_timeout=2) as conn:
-            return conn.execute("SELECT 1").fetchone() == (1,)
-    except psycopg.Error:
-        return False
-
-
-def _chroma_answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _redis_answers(port: int, password: str) -> bool:
-    def bulk(*words: str) -> bytes:
-        out = f"*{len(words)}\r\n"
-        for word in words:
-            out += f"${len(word.encode())}\r\n{word}\r\n"
-        return out.encode()
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(bulk("AUTH", password) + bulk("PING"))
-            reply = b""
-            while reply.count(b"\r\n") < 2:
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply.startswith(b"+OK\r\n+PONG\r\n")
-    except OSError:
-        return False
-
-
 # ---------------------------------------------------------------- the runtime
 
 
@@ -447,12 +404,15 @@ class DockerRuntime(Runtime):
             ) from None
 
     def _probe(self, service: str) -> Callable[[], bool]:
+        """Readiness is a real round trip from the host (SELECT 1, PING, the heartbeat), not docker's health."""
+        from . import probes
+
         ep = self.endpoints()
         if service == "postgres":
-            return lambda: _pg_answers(ep.pg_url)
+            return lambda: probes.pg_ready(ep.pg_url)
         if service == "chroma":
-            return lambda: _chroma_answers(ep.chroma_url)
-        return lambda: _redis_answers(self.settings.redis_port, self.settings.redis_password)
+            return lambda: probes.chroma_ready(ep.chroma_url)
+        return lambda: probes.redis_ready(ep.redis_url or "")
 
     def _wait_ready(self, service: str, container, spec: ContainerSpec, deadline: float) -> None:
         container.reload()
@@ -595,10 +555,11 @@ class DockerRuntime(Runtime):
             raise ServiceError("postgres: the container is not running", hint="Run `ctx setup` first.", service="postgres")
         spec = container_specs(self.settings)["postgres"]
         s = self.settings
-        command = [tool, "-h", "127.0.0.1", "-p", str(spec.container_port), "-U", s.pg_user]
-        if tool != "pg_dumpall":
-            command.append(f"--dbname={dbname or s.pg_db}")
-        command += list(args)
+        command = [tool, "-h", "127.0.0.1", "-p", str(spec.container_port), "-U", s.pg_user, *args]
+        if tool == "pg_dump":
+            command.append(dbname or s.pg_db)
+        elif tool in ("psql", "pg_isready") or (tool == "pg_restore" and dbname):
+            command += ["-d", dbname or s.pg_db]  # pg_restore without a database writes SQL to stdout, as locally
         environment = {"PGPASSWORD": s.pg_password}
         remote_input = None
         if input_file is not None:

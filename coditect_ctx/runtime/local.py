@@ -73,7 +73,7 @@ class LocalRuntime(Runtime):
         self.pg_data = home / "postgres" / "data"
         self.redis_dir = home / "redis"
         self.chroma_dir = home / "chroma"
-        self.logs = home / "logs"
+        self.log_dir = home / "logs"
         self.run = home / "run"
 
     # -- addresses ---------------------------------------------------------------------------------------
@@ -97,13 +97,13 @@ class LocalRuntime(Runtime):
         )
 
     def log_path(self, service: str) -> Path | None:
-        return self.logs / f"{service}.log"
+        return self.log_dir / f"{service}.log"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self, report: _Report = lambda msg: None) -> None:
         if not self.settings.pg_password:
             raise ConfigError("No PostgreSQL password configured", hint="Run `ctx setup`, which generates one into $CTX_HOME/.env.")
-        for folder in (self.logs, self.run, self.redis_dir, self.chroma_dir):
+        for folder in (self.log_dir, self.run, self.redis_dir, self.chroma_dir):
             folder.mkdir(parents=True, exist_ok=True)
         started = [self._start_postgres(report), self._start_chroma(report), self._start_redis(report)]
         ep = self.endpoints()
@@ -271,7 +271,7 @@ class LocalRuntime(Runtime):
         os.chmod(self.pg_data, 0o700)
         if os.geteuid() == 0:
             entry = _ensure_system_user(PG_SYSTEM_USER)
-            for path in (self.pg_data, self.pg_bin, self.logs):
+            for path in (self.pg_data.parent, self.pg_bin, self.log_dir):
                 _grant_traverse(path)
             _grant_read_tree(self.pg_bin.parent)
             for path in (self.pg_data.parent, self.pg_data):

@@ -1,0 +1,130 @@
+"""Fixtures that start real services through ctx's own local runtime, in temporary data directories.
+
+- `stack`: one store for the whole test session (setup once, `down --volumes` at the end). Tests that share it
+  must leave it as they found it (or use names of their own).
+- `fresh_stack`: a store of a test's own, for tests that stop or break services.
+Every test runs with a clean environment: no CTX_* variables from the caller, cwd in a temp folder (no stray .env).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from coditect_ctx.config import Settings, ensure_secrets, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+SAMPLES = REPO / "coditect_ctx" / "samples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(home: Path, **extra) -> Settings:
+    """Settings for a store of its own: own home, own free ports, local runtime."""
+    env = {
+        "home": str(home), "runtime": "local",
+        "pg_port": free_port(), "chroma_port": free_port(), "redis_port": free_port(),
+    }
+    env.update(extra)
+    return ensure_secrets(load_settings(**env))
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a `ctx` subprocess needs to talk to the same store."""
+    return {
+        "CTX_HOME": str(settings.home),
+        "CTX_RUNTIME": settings.runtime,
+        "CTX_PG_PORT": str(settings.pg_port),
+        "CTX_CHROMA_PORT": str(settings.chroma_port),
+        "CTX_REDIS_PORT": str(settings.redis_port),
+        **({"CTX_REDIS_SERVER": settings.redis_server} if settings.redis_server else {}),
+    }
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for key in list(os.environ):
+        if key.startswith("CTX_"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+
+
+def _short_tmp(prefix: str) -> Path:
+    # short paths: unix socket and log paths stay well under OS limits
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """One ONNX export per test run, shared by every store the tests make."""
+    return _short_tmp("ctx-models-")
+
+
+def _start(settings: Settings, models: Path | None):
+    from coditect_ctx import stack
+
+    stack.setup(settings, prepare_model=False)
+    if models is not None:
+        models_link = settings.home / "models"
+        if not models_link.exists():
+            models_link.symlink_to(models, target_is_directory=True)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def stack(models_dir):
+    """A running store shared by the session."""
+    from coditect_ctx import stack as stack_job
+
+    home = _short_tmp("ctx-s-")
+    settings = make_settings(home)
+    _start(settings, models_dir)
+    yield settings
+    stack_job.down(settings, volumes=True)
+
+
+@pytest.fixture
+def fresh_stack(models_dir):
+    """A running store of this test's own (it may stop or break services)."""
+    from coditect_ctx import stack as stack_job
+
+    home = _short_tmp("ctx-f-")
+    settings = make_settings(home)
+    _start(settings, models_dir)
+    yield settings
+    try:
+        stack_job.down(settings, volumes=True)
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process (Typer's CliRunner), stdout and stderr kept apart."""
+    from typer.testing import CliRunner
+
+    from coditect_ctx.cli import app
+
+    runner = CliRunner()
+
+    def invoke(settings: Settings | None, *args: str, input: str | None = None):
+        env = settings_env(settings) if settings else {}
+        return runner.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+
+    return invoke
+
+
+def with_settings(settings: Settings, **changes) -> Settings:
+    return replace(settings, **changes)
