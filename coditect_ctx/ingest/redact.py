@@ -36,12 +36,12 @@ from dataclasses import fields, is_dataclass
 _SAFE_USERS = frozenset({"[USER]", "USER", "user", "username", "USERNAME", "you", "your-name", "yourname",
                          "name", "me", "Shared", "runner", "linuxbrew", "ubuntu", "root", "node", "app"})
 
-Rule = tuple[str, re.Pattern, "str | Callable[[re.Match], str]"]
+Rule = tuple[str, re.Pattern, "str | Callable[[re.Match], str]", tuple[str, ...]]
 
 
 def _home(m: re.Match) -> str:
     prefix, name = m.group(1), m.group(2)
-    if name in _SAFE_USERS or name.startswith(("$", "{", "<", "%", "~")):
+    if name in _SAFE_USERS or not any(c.isalnum() for c in name):
         return m.group(0)
     return f"{prefix}[USER]"
 
@@ -56,34 +56,34 @@ def _email(m: re.Match) -> str:
 _RULES: list[Rule] = [
     ("private_key", re.compile(
         r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----)(?!\n\[REDACTED)[\s\S]*?(-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)"),
-     r"\1\n[REDACTED-PRIVATE-KEY]\n\2"),
+     r"\1\n[REDACTED-PRIVATE-KEY]\n\2", ("PRIVATE KEY",)),
     ("url_password", re.compile(
-        r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20}://)([^:/\s@\[\]]+):(?!\[REDACTED\])(?![$%{<])([^@\s/]{1,200})@(?=[\w.-])"),
-     r"\1\2:[REDACTED]@"),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), "eyJ[REDACTED-JWT]"),
-    ("anthropic_key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{16,}"), "sk-ant-[REDACTED]"),
-    ("openai_key", re.compile(r"\bsk-proj-[A-Za-z0-9_-]{16,}"), "sk-proj-[REDACTED]"),
-    ("openai_key", re.compile(r"\bsk-(?!ant-|proj-)(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{20,}\b"), "sk-[REDACTED]"),
-    ("github_token", re.compile(r"\b(gh[pousr])_[A-Za-z0-9]{30,}\b"), r"\1_[REDACTED]"),
-    ("github_token", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), "github_pat_[REDACTED]"),
-    ("aws_key", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), r"\1[REDACTED]"),
+        r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20}://)([^:/\s@\[\]]*):(?!\[REDACTED\])(?![$%{<])([^@\s/]{1,200})@(?=[\w.-])"),
+     r"\1\2:[REDACTED]@", ("://",)),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), "eyJ[REDACTED-JWT]", ("eyJ",)),
+    ("anthropic_key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{16,}"), "sk-ant-[REDACTED]", ("sk-ant-",)),
+    ("openai_key", re.compile(r"\bsk-proj-[A-Za-z0-9_-]{16,}"), "sk-proj-[REDACTED]", ("sk-proj-",)),
+    ("openai_key", re.compile(r"\bsk-(?!ant-|proj-)(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{20,}\b"), "sk-[REDACTED]", ("sk-",)),
+    ("github_token", re.compile(r"\b(gh[pousr])_[A-Za-z0-9]{30,}\b"), r"\1_[REDACTED]", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
+    ("github_token", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), "github_pat_[REDACTED]", ("github_pat_",)),
+    ("aws_key", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), r"\1[REDACTED]", ("AKIA", "ASIA")),
     ("aws_key", re.compile(r"(?i)\b(aws_secret_access_key\s*[=:]\s*[\"']?)(?!\[REDACTED)[A-Za-z0-9/+=]{40}\b"),
-     r"\1[REDACTED]"),
-    ("google_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), "AIza[REDACTED]"),
-    ("slack_token", re.compile(r"\b(xox[abposr])-[A-Za-z0-9-]{10,}"), r"\1-[REDACTED]"),
-    ("stripe_key", re.compile(r"\b((?:sk|rk)_live)_[A-Za-z0-9]{16,}"), r"\1_[REDACTED]"),
-    ("bearer_token", re.compile(r"\b(Bearer\s+)(?!\[REDACTED)(?=[A-Za-z0-9._~+/-]*\d)[A-Za-z0-9._~+/-]{16,}=*"),
-     r"\1[REDACTED]"),
+     r"\1[REDACTED]", ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")),
+    ("google_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), "AIza[REDACTED]", ("AIza",)),
+    ("slack_token", re.compile(r"\b(xox[abposr])-[A-Za-z0-9-]{10,}"), r"\1-[REDACTED]", ("xox",)),
+    ("stripe_key", re.compile(r"\b((?:sk|rk)_live)_[A-Za-z0-9]{16,}"), r"\1_[REDACTED]", ("_live_",)),
+    ("bearer_token", re.compile(r"\b([Bb]earer\s+)(?!\[REDACTED)(?=[A-Za-z0-9._~+/-]*\d)[A-Za-z0-9._~+/-]{16,}=*"),
+     r"\1[REDACTED]", ("Bearer", "bearer")),
     ("email", re.compile(r"(?<![\w.%+-])([A-Za-z0-9][A-Za-z0-9._%+-]{0,63})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24})\b"),
-     _email),
+     _email, ("@",)),
     ("phone", re.compile(
         r"(?<![\w.+/-])(?:\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]\d{2,4}){2,3}|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[ .]\d{3}[ .]\d{4}|\d{3}-\d{3}-\d{4})(?![\w/-]|\.\d)"),
-     "[REDACTED-PHONE]"),
+     "[REDACTED-PHONE]", ()),
     ("home_path", re.compile(r"(/Users/|/home/|[A-Za-z]:\\Users\\)([A-Za-z0-9._-]+|\[USER\])(?=[/\\\s'\"`),:;]|$)",
-                             re.MULTILINE), _home),
+                             re.MULTILINE), _home, ("/Users/", "/home/", ":\\Users\\")),
 ]
 
-KINDS = tuple(dict.fromkeys(kind for kind, _, _ in _RULES))
+KINDS = tuple(dict.fromkeys(rule[0] for rule in _RULES))
 
 
 def redact(text: str) -> tuple[str, dict[str, int]]:
@@ -91,8 +91,11 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
     counts: Counter[str] = Counter()
     if not text:
         return text, {}
-    for kind, pattern, replacement in _RULES:
-        if kind == "home_path" or callable(replacement):
+    for kind, pattern, replacement, gates in _RULES:
+        # Cheap substring gates skip a regex pass over text that cannot match (most text).
+        if gates and not any(g in text for g in gates):
+            continue
+        if callable(replacement):
             hits = 0
 
             def sub(m: re.Match, _r=replacement) -> str:

@@ -89,7 +89,7 @@ def _stub_form(f: TextFile, raw_title: str) -> SessionRecord:
         started, source = parse_utc(field_value(text, "Date")), "content_date"
     parts = sections(text, 2)
     objectives = [re.sub(r"^[-*]\s*(\[[ xX]\]\s*)?", "", line).strip()
-                  for line in parts.get("Objectives", "").split("\n") if line.strip().startswith(("-", "*"))]
+                  for line in parts.get("Objectives", "").split("\n") if re.match(r"\s*[-*]\s+\S", line)]
     return SessionRecord(
         identity=session_identity(ref, started, title, text),
         title=title,
