@@ -366,3 +366,24 @@ def test_whole_corpus_counts(capsys):
     assert totals["coditect-master"]["skipped_placeholder"] >= 40
     assert totals["coditect-core"]["skipped_placeholder"] >= 15
     assert sum(c["skipped_failed"] for c in totals.values()) == 0
+
+
+def test_merge_sessions_keeps_conversation_and_summary():
+    from coditect_ctx.ingest.records import merge_sessions
+
+    mc = demo_path() / "MEMORY-CONTEXT"
+    name = "Fix-Cloud-SQL-connection-pool-exhaustion"
+    parts = [read_session_md(mc / "sessions" / f"2025-03-04T09-05-10Z-{name}.md", demo_path()),
+             read_session_md(mc / "sessions" / f"2025-03-04-{name}.md", demo_path()),
+             read_export_json(mc / "exports" / f"2025-03-04T09-05-10Z-{name}.json", demo_path()),
+             read_transcript(mc / "exports-archive" / f"2025-03-04T14-05-10Z-{name}.txt", demo_path())]
+    merged = merge_sessions(parts)
+    assert merged.identity == parts[0].identity
+    assert "remaining connection slots are reserved" in merged.content  # from the transcript
+    assert "pool_recycle=1800" in merged.summary  # from the session export
+    assert merged.repository == "/Users/dana/work/coditect-demo" and "cloud-sql" in merged.tags
+    assert len(merged.messages) == len(parts[3].messages)
+    assert len(merged.metadata["sources"]) == 4
+    with pytest.raises(ValueError):
+        merge_sessions([parts[0], read_session_md(mc / "sessions" / "2025-03-06-Flaky-CI-job-stabilised.md",
+                                                  demo_path())])

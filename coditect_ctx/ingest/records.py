@@ -200,3 +200,59 @@ def parse_utc(value: str | None) -> datetime | None:
 
 def iso_utc(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _family(record: SessionRecord) -> str:
+    # Markdown and JSON exports carry the same summary; a transcript carries the conversation.
+    return "conversation" if record.source_format == "transcript" else "summary"
+
+
+def merge_sessions(records: list[SessionRecord]) -> SessionRecord:
+    """One session from several records with the same identity (Markdown, JSON, transcript, stub).
+
+    The longest text of each family (summary, conversation) is kept, so search sees both; scalar fields
+    come from the richest record and are filled from the others; lists are unioned in order;
+    ``metadata['sources']`` lists every file that contributed.
+    """
+    if not records:
+        raise ValueError("merge_sessions needs at least one record")
+    if len({r.identity for r in records}) != 1:
+        raise ValueError("merge_sessions only merges records with the same identity")
+    ranked = sorted(records, key=lambda r: (len(r.messages) > 0, len(r.content)), reverse=True)
+    base = ranked[0]
+    best_per_family: dict[str, SessionRecord] = {}
+    for r in ranked:
+        best_per_family.setdefault(_family(r), r)
+    contents = [best_per_family[f].content for f in ("conversation", "summary") if f in best_per_family]
+
+    def first(attr: str):
+        return next((getattr(r, attr) for r in ranked if getattr(r, attr)), getattr(base, attr))
+
+    def union(attr: str) -> list[str]:
+        return list(dict.fromkeys(item for r in ranked for item in getattr(r, attr)))
+
+    summary_source = best_per_family.get("summary", base)
+    metadata = {}
+    for r in reversed(ranked):
+        metadata.update(r.metadata)
+    metadata["sources"] = sorted(
+        ({"format": r.source_format, "path": r.source_path, "sha256": r.source_sha256} for r in records),
+        key=lambda s: (s["format"], s["path"]))
+    return SessionRecord(
+        identity=base.identity, title=first("title"), started_at=first("started_at"),
+        checkpoint_ref=first("checkpoint_ref"), repository=first("repository"),
+        participants=union("participants"), objectives=union("objectives"), tags=union("tags"),
+        summary=summary_source.summary or first("summary"), content="\n\n---\n\n".join(contents),
+        metadata=metadata, messages=max(records, key=lambda r: len(r.messages)).messages,
+        source_format=base.source_format, source_path=base.source_path, source_sha256=base.source_sha256,
+        privacy_level=max((r.privacy_level for r in records), key=_privacy_rank), status=first("status"),
+    )
+
+
+_PRIVACY_ORDER = ("PUBLIC", "TEAM", "PRIVATE", "EPHEMERAL")
+
+
+def _privacy_rank(level: str) -> int:
+    """Most restrictive level wins when the same session was met with different levels."""
+    level = (level or "TEAM").upper()
+    return _PRIVACY_ORDER.index(level) if level in _PRIVACY_ORDER else 1

@@ -25,6 +25,9 @@ _CHECKPOINT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z-.+")
 _DATE_NAME = re.compile(r"^(?:\d{8}T\d{6}-)?(\d{4}-\d{2}-\d{2})")
 _TOOL_CALL = re.compile(r"^[A-Z][A-Za-z0-9_.-]*(\(|$)")
 _ASSISTANT = ("⏺ ", "● ")
+# Header lines some exports and hand-written notes carry: "# Timestamp: ...", "**Date**: ...", "# Generated: ...".
+_HEADER_TIME = re.compile(r"^[#\s]*\**(?:Timestamp|Generated|Date)\**:\**\s*(\d{4}-\d{2}-\d{2}[^\n]*)", re.MULTILINE)
+_HEADING = re.compile(r"^#\s+(?:Session Export:\s*)?(.+?)\s*$")
 _RESULT = "⎿"
 
 
@@ -32,7 +35,9 @@ def transcript_key(file_name: str) -> str:
     """Name without directory-flattening prefix (``...--``), archive suffixes (``-YYYYMMDD-HHMMSS``)
     and extension: copies of one export made by the archiver share it."""
     name = re.sub(r"\.txt$", "", file_name, flags=re.IGNORECASE)
-    name = name.rsplit("--", 1)[-1]
+    head, sep, rest = name.rpartition("--")
+    if sep and re.match(r"\d{4}-\d{2}-\d{2}", rest):
+        name = rest
     while True:
         shorter = _ARCHIVE_SUFFIX.sub("", name)
         if shorter == name:
@@ -102,7 +107,7 @@ def read_transcript(path: Path, root: Path | None = None,
     key = transcript_key(path.name)
     ref = checkpoint_ref_for(path.name, known_checkpoints)
     started, source = None, None
-    header = re.search(r"^#\s*Timestamp:\s*(\S+)", f.text[:2000], re.MULTILINE)
+    header = _HEADER_TIME.search(f.text[:3000])
     if header:
         started, source = parse_utc(header.group(1)), "content"
     if started is None and ref:
@@ -112,6 +117,9 @@ def read_transcript(path: Path, root: Path | None = None,
         m = _DATE_NAME.match(key)
         started, source = (parse_utc(m.group(1)), "file_name") if m else (None, None)
     title = re.sub(r"^\d{4}-\d{2}-\d{2}(T\d{2}[-:]\d{2}[-:]\d{2}Z?)?-?", "", key).replace("-", " ").strip() or key
+    heading = _HEADING.match(f.text.lstrip().split("\n", 1)[0])
+    if heading and not ref:
+        title = heading.group(1)  # Markdown notes saved as .txt name themselves better than their file
     triples, preamble = parse_messages(f.text)
     identity = session_identity(ref, None, title, f.text.strip()) if ref else \
         session_identity(None, None, title, "\n".join(line.rstrip() for line in f.text.strip().split("\n")))
