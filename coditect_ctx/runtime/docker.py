@@ -430,22 +430,24 @@ class DockerRuntime(Runtime):
 
         try:
             wait_until(service, self._probe(service), max(1.0, deadline - time.monotonic()), alive=alive, interval=0.5)
-        except ServiceError as exc:
+        except ServiceError:
             _quietly(container.reload)
             state = container.attrs.get("State", {})
+            running = alive()
+            what = f"did not answer within {self.settings.start_timeout:.0f} s" if running else "exited during start-up"
             status = state.get("Status", "?")
             if state.get("Health", {}).get("Status"):
                 status += f", health {state['Health']['Status']}"
-            if state.get("ExitCode"):
+            if not running and state.get("ExitCode"):
                 status += f", exit code {state['ExitCode']}"
             tail = self._log_tail(container)
             setting = env_name(IMAGE_SETTINGS[service])
             raise ServiceError(
-                f"{exc.message.splitlines()[0]} (container {container.name}, image {spec.image}: {status})"
+                f"{service} {what} (container {container.name}, image {spec.image}: {status})"
                 + (f"\n--- last log lines ---\n{tail}" if tail else "\n(the container wrote no log lines)"),
                 hint=f"Fix the cause shown in the log lines; check that {setting}={spec.image} is the right image "
-                f"and that the machine has memory to spare; then run `ctx setup` again (or use --runtime local). "
-                f"What this attempt created has been removed.",
+                "and that the machine has memory to spare; raise CTX_START_TIMEOUT if the machine is only slow; "
+                "then run `ctx setup` again (or use --runtime local). What this attempt created has been removed.",
                 service=service,
             ) from None
 
