@@ -33,7 +33,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Union
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -193,7 +193,6 @@ def parse_utc(value: str | None) -> datetime | None:
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
         digits = tz[1:].replace(":", "")
-        from datetime import timedelta
         dt = dt - sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     return dt
 

@@ -61,7 +61,11 @@ def _rows(conn: sqlite3.Connection, table: str) -> list[dict]:
 def read_sqlite(path: Path, root: Path | None = None) -> Iterator[LegacyRecord]:
     rel = relative(path, root)
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(chunk)
+        digest = sha.hexdigest()
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     except (OSError, sqlite3.Error) as exc:
         yield Skipped(rel, f"cannot open SQLite database: {exc}", "failed")

@@ -26,7 +26,7 @@ _DATE_NAME = re.compile(r"^(?:\d{8}T\d{6}-)?(\d{4}-\d{2}-\d{2})")
 _TOOL_CALL = re.compile(r"^[A-Z][A-Za-z0-9_.-]*(\(|$)")
 _ASSISTANT = ("⏺ ", "● ")
 # Header lines some exports and hand-written notes carry: "# Timestamp: ...", "**Date**: ...", "# Generated: ...".
-_HEADER_TIME = re.compile(r"^[#\s]*\**(?:Timestamp|Generated|Date)\**:\**\s*(\d{4}-\d{2}-\d{2}[^\n]*)", re.MULTILINE)
+_HEADER_TIME = re.compile(r"^(?:#+ *)?\**(?:Timestamp|Generated|Date)\**:\**\s*(\d{4}-\d{2}-\d{2}[^\n]*)", re.MULTILINE)
 _HEADING = re.compile(r"^#\s+(?:Session Export:\s*)?(.+?)\s*$")
 _RESULT = "⎿"
 
@@ -106,12 +106,12 @@ def read_transcript(path: Path, root: Path | None = None,
         return Skipped(f.rel, "placeholder: /export was never run for this checkpoint", "placeholder")
     key = transcript_key(path.name)
     ref = checkpoint_ref_for(path.name, known_checkpoints)
-    started, source = None, None
-    header = _HEADER_TIME.search(f.text[:3000])
+    # Checkpoint names are UTC (they equal the sessions' **Timestamp:** throughout the corpus); then a
+    # header line of the file itself; the date in other file names only as a last resort.
+    started, source = (parse_utc(ref[:20]), "checkpoint_ref") if ref else (None, None)
+    header = _HEADER_TIME.search(f.text[:3000]) if started is None else None
     if header:
         started, source = parse_utc(header.group(1)), "content"
-    if started is None and ref:
-        started, source = parse_utc(ref[:20]), "checkpoint_ref"
     if started is None:
         # Last resort: the date in the file name (local time, so it may be a day off).
         m = _DATE_NAME.match(key)
@@ -121,8 +121,9 @@ def read_transcript(path: Path, root: Path | None = None,
     if heading and not ref:
         title = heading.group(1)  # Markdown notes saved as .txt name themselves better than their file
     triples, preamble = parse_messages(f.text)
-    identity = session_identity(ref, None, title, f.text.strip()) if ref else \
-        session_identity(None, None, title, "\n".join(line.rstrip() for line in f.text.strip().split("\n")))
+    # Without a checkpoint the text is the identity: archive copies of one export collapse, while
+    # same-named exports of different conversation parts stay apart.
+    identity = session_identity(ref, None, title, "\n".join(line.rstrip() for line in f.text.strip().split("\n")))
     messages = [MessageRecord(role=role, content=content, position=i, kind=kind,
                               identity=message_identity(role, content), first_seen=started,
                               checkpoint_ref=ref, session_identity=identity)
@@ -134,7 +135,7 @@ def read_transcript(path: Path, root: Path | None = None,
         started_at=started,
         checkpoint_ref=ref,
         repository="",
-        participants=sorted({m.role for m in messages}),
+        participants=["user", "claude-code"] if any(m.role == "user" for m in messages) else [],
         objectives=[first_user[:300]] if first_user else [],
         tags=[],
         summary=first_paragraph(next((c for r, k, c in triples if r == "assistant" and k == "text"), f.text)),
