@@ -165,6 +165,28 @@ def test_start_serves_all_three_keeps_data_across_stop_and_leaves_nothing_after_
 
 
 @pytest.mark.docker
+def test_a_changed_port_recreates_the_container_on_the_new_port_with_the_data_kept(make_runtime):
+    import psycopg
+
+    runtime = make_runtime()
+    runtime.start()
+    with psycopg.connect(runtime.endpoints().pg_url, connect_timeout=5) as conn:
+        conn.execute("CREATE TABLE survivor (note text)")
+        conn.execute("INSERT INTO survivor VALUES ('kept')")
+    old_port = runtime.settings.pg_port
+
+    moved = DockerRuntime(replace(runtime.settings, pg_port=free_port()))
+    messages: list[str] = []
+    moved.start(report=messages.append)
+    assert any("postgres: settings or image changed" in m for m in messages)
+    assert any("chroma: container" in m and "already running" in m for m in messages)
+    assert _row_count(moved) == 1
+    assert moved.services()[0].address == f"127.0.0.1:{moved.settings.pg_port}"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", old_port)) != 0  # the old port is free again
+
+
+@pytest.mark.docker
 def test_containers_are_labelled_limited_restartable_and_keep_passwords_off_command_lines(make_runtime):
     import docker
 

@@ -28,6 +28,7 @@ from .base import SERVICES, Endpoints, Runtime, ServiceStatus, require_free_port
 LABEL_PROJECT = "io.coditect.ctx.project"
 LABEL_SERVICE = "io.coditect.ctx.service"
 LABEL_SPEC = "io.coditect.ctx.spec"
+LABEL_PORT = "io.coditect.ctx.port"
 
 CONTAINER_PORTS = {"postgres": 5432, "chroma": 8000, "redis": 6379}  # inside the container, bridge mode
 DATA_PATHS = {"postgres": "/var/lib/postgresql/data", "chroma": "/data", "redis": "/data"}
@@ -293,17 +294,26 @@ class DockerRuntime(Runtime):
         specs = container_specs(s)
         self._require_images(client, specs)
 
-        # Plan first, so a taken port fails before anything is created or started.
-        existing = {}
+        # Plan first, so a taken port fails before anything is created, removed or started.
+        existing, recreate = {}, []
         for service, spec in specs.items():
             container = self._container(client, service)
-            if container is not None and container.labels.get(LABEL_SPEC) != spec.digest():
-                report(f"{service}: settings or image changed; recreating the container (data kept)")
-                container.remove(force=True)
+            if container is not None and (
+                container.labels.get(LABEL_SPEC) != spec.digest() or container.status in ("restarting", "dead")
+            ):
+                recreate.append(container)
+                holds_port = container.status == "running" and container.labels.get(LABEL_PORT) == str(spec.host_port)
                 container = None
-            if container is None or container.status != "running":
+            else:
+                holds_port = container is not None and container.status == "running"
+            if not holds_port:
                 require_free_port(service, spec.host_port, env_name(PORT_SETTINGS[service]))
             existing[service] = container
+        for container in recreate:
+            report(f"{container.labels.get(LABEL_SERVICE)}: settings or image changed; recreating the container (data kept)")
+            if container.status == "running":
+                container.stop(timeout=STOP_TIMEOUT)  # a clean shutdown, not a kill
+            container.remove(force=True)
 
         made = _Made()
         try:
@@ -319,6 +329,9 @@ class DockerRuntime(Runtime):
                     self._start_container(container, spec)
                     if container not in made.containers:
                         made.started.append(container)
+                        report(f"{service}: started container {container.name}")
+                elif container not in made.containers:
+                    report(f"{service}: container {container.name} already running")
                 waiting.append((service, container))
             deadline = time.monotonic() + s.start_timeout
             for service, container in waiting:
@@ -365,7 +378,7 @@ class DockerRuntime(Runtime):
             command=spec.command,
             name=resource_name(self.settings, spec.service),
             environment=spec.environment,
-            labels={**self.labels(spec.service), LABEL_SPEC: spec.digest()},
+            labels={**self.labels(spec.service), LABEL_SPEC: spec.digest(), LABEL_PORT: str(spec.host_port)},
             user=spec.user,
             mem_limit=spec.mem_limit,
             restart_policy={"Name": "unless-stopped"},
