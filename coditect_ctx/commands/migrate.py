@@ -1,0 +1,71 @@
+"""`ctx migrate` and `ctx validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import output
+from .common import JsonOpt, settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(migrate)
+
+
+def migrate(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="MEMORY-CONTEXT folders, or repo roots whose MEMORY-CONTEXT folders (own and submodules') are found.")],
+    submodule: Annotated[str | None, typer.Option("--submodule", help="Name for a single MEMORY-CONTEXT source, or the one submodule of a repo to migrate.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read, redact and compare with the store; write nothing.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bring MEMORY-CONTEXT records into the store: deduplicated, redacted, embedded. Safe to re-run.
+
+    Exit 1 when a file could not be read or embeddings could not be written (the rest is done)."""
+    from ..migrate import run_migrate
+
+    def body() -> int:
+        with output.progress(enabled=not json_out) as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(phase: str, done: int, total: int) -> None:
+                label = "read sources" if phase == "read" else f"embed {phase}s"
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(label, total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            report = run_migrate(settings(ctx), paths, submodule=submodule, dry_run=dry_run, on_progress=on_progress)
+        if json_out:
+            output.emit_json(report.as_dict())
+        else:
+            _render(report)
+        return report.exit_code
+
+    output.run(body, json_out)
+
+
+def _render(report) -> None:
+    out = output.console()
+    rows = []
+    for src, per in report.sources.items():
+        for kind, s in sorted(per.items()):
+            rows.append([src, kind, s.read, s.imported, s.updated, s.unchanged, s.skipped, s.failed])
+    title = "migrate (dry run: nothing written)" if report.dry_run else "migrate"
+    out.print(output.table(title, ["source", "type", "read", "imported", "updated", "unchanged", "skipped", "failed"], rows))
+    for src, per in report.sources.items():
+        for kind, s in sorted(per.items()):
+            for reason, n in s.skipped_reasons.items():
+                out.print(f"skipped: {src} {kind}: {n} x {reason}", markup=False)
+            for f in s.failures:
+                output.note(f"failed: {src} {f['file']}: {f['reason']}")
+    if report.redacted_records:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.redactions.items()))
+        out.print(f"redacted: {report.redacted_records} records ({kinds})", markup=False)
+    if not report.dry_run:
+        out.print(f"embedded: {report.embedded_records} records, {report.embedded_vectors} vectors; "
+                  f"not embedded: {report.not_embedded}", markup=False)
+    if report.embed_error:
+        output.note(f"warning: {report.embed_error}")

@@ -1,0 +1,556 @@
+"""`ctx migrate`: every MEMORY-CONTEXT record into the store, once, redacted, embedded.
+
+Phases:
+1. read: discover sources, read every file (ingest.readers), keep one record per identity (sessions met in
+   several formats are merged), count what was read, skipped and failed per source and type;
+2. redact: PII out of every text before it is written anywhere (ingest.redact), one privacy_audit row per record;
+3. write: one PostgreSQL transaction for the whole run: COPY into temporary staging tables, then set-based
+   upserts on `identity` that touch a row only when something in it changed (so a second run reports
+   everything "unchanged"), then links (session -> checkpoint by the **Checkpoint:** ref, message -> session);
+4. embed: every row whose vectors are missing or stale (vectors.embed_pending), also rows left over from
+   an earlier run that could not reach Chroma.
+
+Crash safety: phase 3 is one transaction (a kill leaves nothing or everything) and phase 4 marks a row embedded
+only after its vectors are in Chroma, so killing a run and starting it again ends in the same state as one
+uninterrupted run. If Chroma is unreachable, the rows stay, marked not embedded, and the run exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import Settings
+from .errors import CtxError, ServiceError
+from .ingest.discover import Source, discover_sources
+from .ingest.readers import iter_source
+from .ingest.records import (
+    CheckpointRecord, MessageRecord, PatternRecord, SessionRecord, Skipped, merge_sessions,
+)
+from .ingest.redact import redact, redact_record
+from .stores import Store
+from .stores import postgres as pg
+from .vectors import content_hash, count_pending, embed_pending
+
+TYPES = ("session", "checkpoint", "pattern", "message")
+PRIVACY = ("PUBLIC", "TEAM", "PRIVATE", "EPHEMERAL")
+CHECKPOINT_STATUSES = ("active", "in_progress", "completed", "blocked", "archived")
+SESSION_STATUSES = ("active", "completed", "archived")
+# A transcript-only session keeps an excerpt as its own text; the full conversation lives in its messages.
+TRANSCRIPT_EXCERPT_CHARS = 4000
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class TypeStats:
+    read: int = 0
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    failed: int = 0
+    skipped_reasons: Counter = field(default_factory=Counter)
+    failures: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "read": self.read, "imported": self.imported, "updated": self.updated, "unchanged": self.unchanged,
+            "skipped": self.skipped, "failed": self.failed, "skipped_reasons": dict(self.skipped_reasons),
+            "failures": self.failures,
+        }
+
+
+@dataclass
+class MigrateReport:
+    dry_run: bool = False
+    sources: dict[str, dict[str, TypeStats]] = field(default_factory=dict)
+    redacted_records: int = 0
+    redactions: Counter = field(default_factory=Counter)
+    embedded_records: int = 0
+    embedded_vectors: int = 0
+    not_embedded: int = 0
+    embed_error: str | None = None
+    data_generation: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def stats(self, source: str, kind: str) -> TypeStats:
+        return self.sources.setdefault(source, {}).setdefault(kind, TypeStats())
+
+    @property
+    def failed_files(self) -> int:
+        return sum(s.failed for per in self.sources.values() for s in per.values())
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed_files or self.embed_error else 0
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for per in self.sources.values():
+            for kind, s in per.items():
+                t = out.setdefault(kind, Counter())
+                for key in ("read", "imported", "updated", "unchanged", "skipped", "failed"):
+                    t[key] += getattr(s, key)
+        return {k: dict(v) for k, v in out.items()}
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.exit_code == 0, "dry_run": self.dry_run,
+            "sources": {src: {k: s.as_dict() for k, s in per.items()} for src, per in self.sources.items()},
+            "totals": self.totals(), "redacted_records": self.redacted_records, "redactions": dict(self.redactions),
+            "embedded_records": self.embedded_records, "embedded_vectors": self.embedded_vectors,
+            "not_embedded": self.not_embedded, "embed_error": self.embed_error,
+            "data_generation": self.data_generation, "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
+
+
+# -- phase 1: read --------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Everything one run will write, one entry per identity."""
+
+    sources: list[Source] = field(default_factory=list)
+    checkpoints: dict[str, tuple[str, CheckpointRecord]] = field(default_factory=dict)
+    sessions: dict[str, tuple[str, list[SessionRecord]]] = field(default_factory=dict)
+    patterns: dict[str, tuple[str, PatternRecord]] = field(default_factory=dict)
+    messages: dict[str, tuple[str, MessageRecord]] = field(default_factory=dict)
+    message_files: dict[str, set] = field(default_factory=lambda: defaultdict(set))
+    merged: dict[str, tuple[str, SessionRecord]] = field(default_factory=dict)
+    session_text: dict[str, str] = field(default_factory=dict)
+
+
+def _kind_of_path(path: str) -> str:
+    parts = Path(path).parts
+    if "checkpoints" in parts:
+        return "checkpoint"
+    if "messages" in parts:
+        return "message"
+    if path.endswith(".db"):
+        return "pattern"
+    return "session"
+
+
+def read_sources(paths: Iterable[Path], submodule: str | None, report: MigrateReport,
+                 on_progress: Progress | None = None) -> Batch:
+    batch = Batch()
+    for path in paths:
+        found = discover_sources(Path(path), None if _single_mc(path) else submodule)
+        if submodule and _single_mc(path) and len(found) == 1:
+            found = [Source(name=submodule, root=found[0].root, memory_context=found[0].memory_context)]
+        batch.sources.extend(found)
+    names = [s.name for s in batch.sources]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        from .errors import UsageError
+
+        raise UsageError(f"Two sources would share the name {dup[0]!r}", hint="Migrate them separately with --submodule NAME.")
+    for n, source in enumerate(batch.sources):
+        if on_progress:
+            on_progress("read", n, len(batch.sources))
+        for record in iter_source(source):
+            _take(batch, source.name, record, report)
+    if on_progress:
+        on_progress("read", len(batch.sources), len(batch.sources))
+    for identity, (src, records) in batch.sessions.items():
+        batch.merged[identity] = (src, merge_sessions(records) if len(records) > 1 else records[0])
+        batch.session_text[identity] = _session_text(records)
+    for identity, (src, session) in batch.merged.items():
+        for msg in session.messages:
+            msg.session_identity = identity
+            msg.checkpoint_ref = msg.checkpoint_ref or session.checkpoint_ref
+            _take_message(batch, src, msg, report, session.source_path)
+    return batch
+
+
+def _single_mc(path) -> bool:
+    return Path(path).name == "MEMORY-CONTEXT" or (Path(path) / "MEMORY-CONTEXT").is_dir()
+
+
+def _take(batch: Batch, src: str, record, report: MigrateReport) -> None:
+    if isinstance(record, Skipped):
+        stats = report.stats(src, _kind_of_path(record.path))
+        if record.kind == "placeholder":
+            stats.skipped += 1
+            stats.skipped_reasons[record.reason or "placeholder"] += 1
+        else:
+            stats.failed += 1
+            stats.failures.append({"file": record.path, "reason": record.reason})
+        return
+    if isinstance(record, CheckpointRecord):
+        report.stats(src, "checkpoint").read += 1
+        kept = batch.checkpoints.get(record.identity)
+        if kept is None or len(record.content) > len(kept[1].content):
+            batch.checkpoints[record.identity] = (kept[0] if kept else src, record)
+    elif isinstance(record, SessionRecord):
+        report.stats(src, "session").read += 1
+        entry = batch.sessions.setdefault(record.identity, (src, []))
+        entry[1].append(record)
+    elif isinstance(record, PatternRecord):
+        report.stats(src, "pattern").read += 1
+        batch.patterns.setdefault(record.identity, (src, record))
+    elif isinstance(record, MessageRecord):
+        _take_message(batch, src, record, report, record.metadata.get("source_file") or "")
+
+
+def _take_message(batch: Batch, src: str, msg: MessageRecord, report: MigrateReport, origin: str) -> None:
+    report.stats(src, "message").read += 1
+    batch.message_files[msg.identity].add(origin)
+    kept = batch.messages.get(msg.identity)
+    if kept is None:
+        batch.messages[msg.identity] = (src, msg)
+        return
+    # the same message met again: keep the earliest sighting, and a session link if only this one has it
+    first = kept[1]
+    if msg.first_seen and (first.first_seen is None or msg.first_seen < first.first_seen):
+        first.first_seen = msg.first_seen
+    if first.session_identity is None and msg.session_identity:
+        first.session_identity, first.position = msg.session_identity, msg.position
+    first.checkpoint_ref = first.checkpoint_ref or msg.checkpoint_ref
+
+
+# -- phase 2: redact ------------------------------------------------------------------------------------
+def redact_batch(batch: Batch, report: MigrateReport) -> list[tuple]:
+    """Redact in place; return privacy_audit rows (type, identity, detections, level, source path)."""
+    audits = []
+
+    def one(kind: str, record, path: str, extra: dict[str, int] | None = None) -> None:
+        counts = redact_record(record)
+        for key, n in (extra or {}).items():  # the same finding in two copies of a text counts once
+            counts[key] = max(counts.get(key, 0), n)
+        if counts:
+            report.redacted_records += 1
+            report.redactions.update(counts)
+            audits.append((kind, record.identity, json.dumps(counts, sort_keys=True), _privacy(record.privacy_level), path))
+
+    for _src, rec in batch.checkpoints.values():
+        one("checkpoint", rec, rec.source_path)
+    for identity, (_src, rec) in batch.merged.items():
+        messages, rec.messages = rec.messages, []
+        batch.session_text[identity], text_counts = redact(batch.session_text[identity])
+        one("session", rec, rec.source_path, text_counts)
+        rec.messages = messages
+    for _src, rec in batch.patterns.values():
+        one("pattern", rec, rec.source_path)
+    for _src, rec in batch.messages.values():
+        one("message", rec, rec.metadata.get("source_file") or "")
+    return audits
+
+
+# -- phase 3: write -------------------------------------------------------------------------------------
+def _privacy(level: str | None) -> str:
+    level = (level or "TEAM").upper()
+    return level if level in PRIVACY else "TEAM"
+
+
+def _status(value: str | None, allowed: tuple[str, ...]) -> str:
+    v = (value or "").lower()
+    if "progress" in v and "in_progress" in allowed:
+        return "in_progress"
+    if "block" in v and "blocked" in allowed:
+        return "blocked"
+    if "archiv" in v:
+        return "archived"
+    if v.startswith("active"):
+        return "active"
+    return "completed"
+
+
+def _commit(value: str | None) -> str | None:
+    import re
+
+    v = (value or "").strip().lower()
+    return v if re.fullmatch(r"[0-9a-f]{7,40}", v) else None
+
+
+def _j(value) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)
+
+
+def _tags(values: Iterable[str]) -> list[str]:
+    out = []
+    for t in values:
+        t = " ".join(str(t).strip().lower().split())
+        if t and t not in out:
+            out.append(t[:100])
+    return out
+
+
+def _session_text(records: list[SessionRecord]) -> str:
+    """A session keeps its summary-family text (Markdown or JSON export, the longest); the conversation is
+    stored, searched and embedded as its messages. A transcript-only session keeps an excerpt."""
+    summaries = [r.content for r in records if r.source_format != "transcript" and r.content]
+    if summaries:
+        return max(summaries, key=len)
+    return max((r.content for r in records), key=len, default="")[:TRANSCRIPT_EXCERPT_CHARS]
+
+
+_STAGE = {
+    "checkpoint": ("identity text, ref text, submodule text, title text, summary text, content text, checkpoint_at timestamptz,"
+                   " sprint text, status text, git_branch text, git_commit text, privacy_level text, metadata jsonb,"
+                   " source_path text, source_sha256 text, content_sha256 text"),
+    "session": ("identity text, submodule text, checkpoint_ref text, title text, summary text, content text, started_at timestamptz,"
+                " repository text, participants jsonb, objectives jsonb, status text, privacy_level text, source_formats text[],"
+                " metadata jsonb, source_path text, source_sha256 text, content_sha256 text, tags text[]"),
+    "pattern": ("identity text, submodule text, name text, pattern_type text, description text, content text, usage_count int,"
+                " privacy_level text, metadata jsonb, source_path text, source_sha256 text, content_sha256 text, tags text[]"),
+    "message": ("identity text, submodule text, session_identity text, checkpoint_ref text, role text, kind text, position int,"
+                " content text, first_seen timestamptz, occurrences int, privacy_level text, metadata jsonb, source_path text,"
+                " source_sha256 text, content_sha256 text"),
+}
+
+_UPSERT = {
+    "checkpoint": """
+        INSERT INTO checkpoints AS t (identity, ref, submodule_id, title, summary, content, checkpoint_at, sprint, status,
+                                      git_branch, git_commit, privacy_level, metadata, source_path, source_sha256, content_sha256)
+        SELECT s.identity, s.ref, r.id, s.title, s.summary, s.content, s.checkpoint_at, s.sprint, s.status, s.git_branch,
+               s.git_commit, s.privacy_level, s.metadata, s.source_path, s.source_sha256, s.content_sha256
+        FROM stage_checkpoint s JOIN submodule_registry r ON r.name = s.submodule
+        ON CONFLICT (identity) DO UPDATE SET ref = EXCLUDED.ref, title = EXCLUDED.title, summary = EXCLUDED.summary,
+            content = EXCLUDED.content, checkpoint_at = EXCLUDED.checkpoint_at, sprint = EXCLUDED.sprint,
+            status = EXCLUDED.status, git_branch = EXCLUDED.git_branch, git_commit = EXCLUDED.git_commit,
+            privacy_level = EXCLUDED.privacy_level, metadata = EXCLUDED.metadata, source_path = EXCLUDED.source_path,
+            source_sha256 = EXCLUDED.source_sha256, content_sha256 = EXCLUDED.content_sha256
+        WHERE (t.ref, t.title, t.summary, t.content, t.checkpoint_at, t.sprint, t.status, t.git_branch, t.git_commit,
+               t.privacy_level, t.metadata, t.source_path, t.source_sha256, t.content_sha256)
+              IS DISTINCT FROM
+              (EXCLUDED.ref, EXCLUDED.title, EXCLUDED.summary, EXCLUDED.content, EXCLUDED.checkpoint_at, EXCLUDED.sprint,
+               EXCLUDED.status, EXCLUDED.git_branch, EXCLUDED.git_commit, EXCLUDED.privacy_level, EXCLUDED.metadata,
+               EXCLUDED.source_path, EXCLUDED.source_sha256, EXCLUDED.content_sha256)
+        RETURNING t.identity, (t.xmax = 0)""",
+    "session": """
+        INSERT INTO sessions AS t (identity, submodule_id, checkpoint_ref, title, summary, content, started_at, repository,
+                                   participants, objectives, status, privacy_level, source_formats, metadata, source_path,
+                                   source_sha256, content_sha256)
+        SELECT s.identity, r.id, s.checkpoint_ref, s.title, s.summary, s.content, s.started_at, s.repository, s.participants,
+               s.objectives, s.status, s.privacy_level, s.source_formats, s.metadata, s.source_path, s.source_sha256,
+               s.content_sha256
+        FROM stage_session s JOIN submodule_registry r ON r.name = s.submodule
+        ON CONFLICT (identity) DO UPDATE SET checkpoint_ref = EXCLUDED.checkpoint_ref, title = EXCLUDED.title,
+            summary = EXCLUDED.summary, content = EXCLUDED.content, started_at = EXCLUDED.started_at,
+            repository = EXCLUDED.repository, participants = EXCLUDED.participants, objectives = EXCLUDED.objectives,
+            status = EXCLUDED.status, privacy_level = EXCLUDED.privacy_level, source_formats = EXCLUDED.source_formats,
+            metadata = EXCLUDED.metadata, source_path = EXCLUDED.source_path, source_sha256 = EXCLUDED.source_sha256,
+            content_sha256 = EXCLUDED.content_sha256
+        WHERE (t.checkpoint_ref, t.title, t.summary, t.content, t.started_at, t.repository, t.participants, t.objectives,
+               t.status, t.privacy_level, t.source_formats, t.metadata, t.source_path, t.source_sha256, t.content_sha256)
+              IS DISTINCT FROM
+              (EXCLUDED.checkpoint_ref, EXCLUDED.title, EXCLUDED.summary, EXCLUDED.content, EXCLUDED.started_at,
+               EXCLUDED.repository, EXCLUDED.participants, EXCLUDED.objectives, EXCLUDED.status, EXCLUDED.privacy_level,
+               EXCLUDED.source_formats, EXCLUDED.metadata, EXCLUDED.source_path, EXCLUDED.source_sha256,
+               EXCLUDED.content_sha256)
+        RETURNING t.identity, (t.xmax = 0)""",
+    "pattern": """
+        INSERT INTO patterns AS t (identity, submodule_id, name, pattern_type, description, content, usage_count,
+                                   privacy_level, metadata, source_path, source_sha256, content_sha256)
+        SELECT s.identity, r.id, s.name, s.pattern_type, s.description, s.content, s.usage_count, s.privacy_level,
+               s.metadata, s.source_path, s.source_sha256, s.content_sha256
+        FROM stage_pattern s JOIN submodule_registry r ON r.name = s.submodule
+        ON CONFLICT (identity) DO UPDATE SET name = EXCLUDED.name, pattern_type = EXCLUDED.pattern_type,
+            description = EXCLUDED.description, content = EXCLUDED.content, usage_count = EXCLUDED.usage_count,
+            privacy_level = EXCLUDED.privacy_level, metadata = EXCLUDED.metadata, source_path = EXCLUDED.source_path,
+            source_sha256 = EXCLUDED.source_sha256, content_sha256 = EXCLUDED.content_sha256
+        WHERE (t.name, t.pattern_type, t.description, t.content, t.usage_count, t.privacy_level, t.metadata,
+               t.source_path, t.source_sha256, t.content_sha256)
+              IS DISTINCT FROM
+              (EXCLUDED.name, EXCLUDED.pattern_type, EXCLUDED.description, EXCLUDED.content, EXCLUDED.usage_count,
+               EXCLUDED.privacy_level, EXCLUDED.metadata, EXCLUDED.source_path, EXCLUDED.source_sha256,
+               EXCLUDED.content_sha256)
+        RETURNING t.identity, (t.xmax = 0)""",
+    # A message's identity is the hash of its content: an existing row only ever gains links it lacked.
+    "message": """
+        INSERT INTO messages AS t (identity, submodule_id, session_id, checkpoint_ref, role, kind, position, content,
+                                   first_seen, occurrences, privacy_level, metadata, source_path, source_sha256,
+                                   content_sha256)
+        SELECT s.identity, r.id, ss.id, s.checkpoint_ref, s.role, s.kind, s.position, s.content, s.first_seen,
+               s.occurrences, s.privacy_level, s.metadata, s.source_path, s.source_sha256, s.content_sha256
+        FROM stage_message s JOIN submodule_registry r ON r.name = s.submodule
+        LEFT JOIN sessions ss ON ss.identity = s.session_identity
+        ON CONFLICT (identity) DO UPDATE SET
+            session_id = coalesce(t.session_id, EXCLUDED.session_id),
+            checkpoint_ref = coalesce(t.checkpoint_ref, EXCLUDED.checkpoint_ref),
+            position = CASE WHEN t.session_id IS NULL THEN EXCLUDED.position ELSE t.position END,
+            first_seen = least(t.first_seen, EXCLUDED.first_seen),
+            occurrences = greatest(t.occurrences, EXCLUDED.occurrences)
+        WHERE (t.session_id IS NULL AND EXCLUDED.session_id IS NOT NULL)
+           OR (t.checkpoint_ref IS NULL AND EXCLUDED.checkpoint_ref IS NOT NULL)
+           OR EXCLUDED.first_seen < t.first_seen
+           OR EXCLUDED.occurrences > t.occurrences
+        RETURNING t.identity, (t.xmax = 0)""",
+}
+
+
+def _rows(batch: Batch) -> dict[str, list[tuple]]:
+    rows: dict[str, list[tuple]] = {k: [] for k in TYPES}
+    for identity, (src, c) in batch.checkpoints.items():
+        meta = {**c.metadata, "tags": _tags(c.tags), "status_raw": c.status}
+        if c.git_commit and not _commit(c.git_commit):
+            meta["git_commit_raw"] = c.git_commit
+        rows["checkpoint"].append((
+            identity, c.ref, src, c.title, c.summary, c.content, c.created_at, c.sprint or None,
+            _status(c.status, CHECKPOINT_STATUSES), c.git_branch or None, _commit(c.git_commit), _privacy(c.privacy_level),
+            _j(meta), c.source_path, c.source_sha256 or None, content_hash("checkpoint", c.title, c.summary, c.content)))
+    for identity, (src, s) in batch.merged.items():
+        text = batch.session_text[identity]
+        formats = sorted({x["format"] for x in s.metadata.get("sources", [])} or {s.source_format})
+        meta = {**s.metadata, "status_raw": s.status}
+        rows["session"].append((
+            identity, src, s.checkpoint_ref, s.title, s.summary, text, s.started_at, s.repository or None,
+            _j(s.participants), _j(s.objectives), _status(s.status, SESSION_STATUSES), _privacy(s.privacy_level),
+            formats, _j(meta), s.source_path, s.source_sha256 or None, content_hash("session", s.title, s.summary, text),
+            _tags(s.tags)))
+    for identity, (src, p) in batch.patterns.items():
+        rows["pattern"].append((
+            identity, src, p.name, p.pattern_type or "general", p.description, p.metadata.get("content", "") or "",
+            max(0, int(p.usage_count or 0)), _privacy(p.privacy_level), _j(p.metadata), p.source_path,
+            p.source_sha256 or None, content_hash("pattern", p.name, p.description, p.metadata.get("content", "") or ""),
+            _tags(p.tags)))
+    for identity, (src, m) in batch.messages.items():
+        role = m.role if m.role in ("user", "assistant", "tool", "system") else "assistant"
+        kind = m.kind if m.kind in ("text", "tool_call", "tool_result") else "text"
+        sha = m.metadata.get("source_sha256")
+        rows["message"].append((
+            identity, src, m.session_identity, m.checkpoint_ref, role, kind, max(0, m.position or 0), m.content,
+            m.first_seen, max(1, len(batch.message_files.get(identity, ())) or 1), "TEAM", _j(m.metadata),
+            m.metadata.get("source_file") or None, sha if sha and len(sha) == 64 else None,
+            content_hash("message", "", "", m.content)))
+    return rows
+
+
+def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) -> bool:
+    """Stage and upsert everything in the caller's transaction; return whether anything changed."""
+    changed = False
+    for source in batch.sources:
+        conn.execute(
+            """INSERT INTO submodule_registry (name, repo_path, memory_context_path, last_migrated_at)
+               VALUES (%s, %s, %s, now())
+               ON CONFLICT (name) DO UPDATE SET repo_path = EXCLUDED.repo_path,
+                   memory_context_path = EXCLUDED.memory_context_path, last_migrated_at = now()""",
+            (source.name, str(source.root), str(source.memory_context)),
+        )
+    rows = _rows(batch)
+    src_of = {
+        "checkpoint": {i: s for i, (s, _r) in batch.checkpoints.items()},
+        "session": {i: s for i, (s, _r) in batch.merged.items()},
+        "pattern": {i: s for i, (s, _r) in batch.patterns.items()},
+        "message": {i: s for i, (s, _r) in batch.messages.items()},
+    }
+    for kind in ("checkpoint", "session", "pattern", "message"):
+        conn.execute(f"CREATE TEMP TABLE stage_{kind} ({_STAGE[kind]}) ON COMMIT DROP")
+        columns = [c.split()[0] for c in _STAGE[kind].split(", ")]
+        with conn.cursor().copy(f"COPY stage_{kind} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows[kind]:
+                copy.write_row(row)
+        touched = {identity: inserted for identity, inserted in conn.execute(_UPSERT[kind]).fetchall()}
+        for identity, src in src_of[kind].items():
+            stats = report.stats(src, kind)
+            if identity not in touched:
+                stats.unchanged += 1
+            elif touched[identity]:
+                stats.imported += 1
+            else:
+                stats.updated += 1
+        changed = changed or bool(touched)
+        if kind in ("session", "pattern"):
+            changed = _write_tags(conn, kind) or changed
+    linked = conn.execute(
+        """UPDATE sessions s SET checkpoint_id = c.id FROM checkpoints c
+           WHERE c.ref = s.checkpoint_ref AND s.checkpoint_id IS DISTINCT FROM c.id"""
+    ).rowcount
+    linked += conn.execute(
+        """UPDATE messages m SET checkpoint_id = c.id FROM checkpoints c
+           WHERE c.ref = m.checkpoint_ref AND m.checkpoint_id IS DISTINCT FROM c.id"""
+    ).rowcount
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO privacy_audit (record_type, record_identity, record_id, action, privacy_level, detections, source_path)
+               VALUES (%s, %s, NULL, 'redacted', %s, %s::jsonb, %s)
+               ON CONFLICT (record_type, record_identity, action) DO UPDATE SET detections = EXCLUDED.detections
+               WHERE privacy_audit.detections IS DISTINCT FROM EXCLUDED.detections""",
+            [(kind, identity, level, detections, path) for kind, identity, detections, level, path in audits],
+        )
+    conn.execute(
+        """UPDATE privacy_audit a SET record_id = x.id FROM (
+               SELECT 'session' AS t, identity, id FROM sessions UNION ALL SELECT 'checkpoint', identity, id FROM checkpoints
+               UNION ALL SELECT 'pattern', identity, id FROM patterns UNION ALL SELECT 'message', identity, id FROM messages) x
+           WHERE a.record_id IS NULL AND a.record_type = x.t AND a.record_identity = x.identity"""
+    )
+    return changed or linked > 0
+
+
+def _write_tags(conn, kind: str) -> bool:
+    table, link, col = ("sessions", "session_tags", "session_id") if kind == "session" else ("patterns", "pattern_tags", "pattern_id")
+    conn.execute(f"INSERT INTO tags (name) SELECT DISTINCT unnest(tags) FROM stage_{kind} ON CONFLICT (name) DO NOTHING")
+    added = conn.execute(
+        f"""INSERT INTO {link} ({col}, tag_id)
+            SELECT t.id, g.id FROM stage_{kind} s JOIN {table} t ON t.identity = s.identity
+            CROSS JOIN LATERAL unnest(s.tags) AS n(name) JOIN tags g ON g.name = n.name
+            ON CONFLICT DO NOTHING"""
+    ).rowcount
+    removed = conn.execute(
+        f"""DELETE FROM {link} l USING {table} t, stage_{kind} s
+            WHERE l.{col} = t.id AND t.identity = s.identity
+              AND NOT EXISTS (SELECT 1 FROM tags g WHERE g.id = l.tag_id AND g.name = ANY(s.tags))"""
+    ).rowcount
+    return bool(added or removed)
+
+
+# -- the job --------------------------------------------------------------------------------------------
+def run_migrate(
+    settings: Settings,
+    paths: list[Path],
+    submodule: str | None = None,
+    dry_run: bool = False,
+    on_progress: Progress | None = None,
+    embed: bool = True,
+) -> MigrateReport:
+    report = MigrateReport(dry_run=dry_run)
+    t0 = time.monotonic()
+    batch = read_sources(paths, submodule, report, on_progress)
+    audits = redact_batch(batch, report)
+    report.seconds["read"] = time.monotonic() - t0
+    store = Store(settings)
+    try:
+        t1 = time.monotonic()
+        with store.pg() as conn:
+            with conn.transaction():
+                # one migrate at a time; a second waits rather than interleaving its upserts
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('ctx migrate'))")
+                changed = write_batch(conn, batch, audits, report)
+                if changed and not dry_run:
+                    report.data_generation = pg.bump_generation(conn)
+                if dry_run:
+                    raise _Rollback()
+    except _Rollback:
+        pass
+    report.seconds["write"] = time.monotonic() - t1
+    if dry_run:
+        store.close()
+        report.seconds["total"] = time.monotonic() - t0
+        return report
+    if embed:
+        t2 = time.monotonic()
+        try:
+            result = embed_pending(store, on_progress)
+            report.embedded_records, report.embedded_vectors = result.records, result.vectors
+            if result.records:
+                with store.pg() as conn:
+                    report.data_generation = pg.bump_generation(conn)
+                    conn.commit()
+        except ServiceError as exc:
+            report.embed_error = f"{exc.message} (rows are kept and marked not embedded: run `ctx validate --repair` later)"
+        report.seconds["embed"] = time.monotonic() - t2
+    with store.pg() as conn:
+        report.not_embedded = sum(count_pending(conn).values())
+    store.close()
+    report.seconds["total"] = time.monotonic() - t0
+    return report
+
+
+class _Rollback(Exception):
+    """Ends a dry run's transaction: everything was computed against the real tables, nothing is kept."""
