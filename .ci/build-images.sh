@@ -121,4 +121,8 @@ for svc in "${missing[@]}"; do
 done
 
 say "built ${missing[*]} in $(($(date +%s) - started)) s (recipe $recipe_hash)"
+
+# Lean: drop test images of older recipes (an image still used by a container stays).
+docker images --filter label=io.coditect.ctx.test-image --format '{{.Repository}}:{{.Tag}}' |
+  grep -v ":$recipe_hash\$" | xargs -r docker rmi >/dev/null 2>&1 || true
 emit

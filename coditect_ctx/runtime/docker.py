@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlsplit
 
 from ..config import Settings, pg_url_for
-from ..errors import ConfigError, PortInUseError, ServiceError
+from ..errors import ConfigError, PortInUseError, ServiceError, UsageError
 from .base import SERVICES, Endpoints, Runtime, ServiceStatus, require_free_port, wait_until
 
 LABEL_PROJECT = "io.coditect.ctx.project"
@@ -313,7 +313,7 @@ class DockerRuntime(Runtime):
             report(f"{container.labels.get(LABEL_SERVICE)}: settings or image changed; recreating the container (data kept)")
             if container.status == "running":
                 container.stop(timeout=STOP_TIMEOUT)  # a clean shutdown, not a kill
-            container.remove(force=True)
+            container.remove(force=True, v=True)  # v: anonymous volumes only (postgres:18 declares one); ours stay
 
         made = _Made()
         try:
@@ -536,14 +536,14 @@ class DockerRuntime(Runtime):
             )
         return statuses
 
-    def logs(self, service: str, follow: bool = False, tail: int | str = 200) -> Iterator[str]:
-        """The container's log lines (stdout and stderr), for `ctx logs`."""
+    def logs(self, service: str, follow: bool = False, lines: int = 50) -> Iterator[str]:
+        """The container's last `lines` log lines (stdout and stderr), then new ones while `follow`."""
         client = engine_client()
         container = self._container(client, service)
         if container is None:
-            raise ServiceError(f"{service}: no container", hint="Run `ctx setup` first.", service=service)
+            raise UsageError(f"{service}: no container for this CTX_HOME", hint="Has `ctx setup` run with this CTX_HOME?")
         pending = ""
-        for chunk in container.logs(stream=True, follow=follow, tail=tail):
+        for chunk in container.logs(stream=True, follow=follow, tail=lines):
             pending += chunk.decode("utf-8", "replace")
             *lines, pending = pending.split("\n")
             yield from lines
