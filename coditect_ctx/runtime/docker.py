@@ -68,8 +68,7 @@ class ContainerSpec:
 
 def project_id(settings: Settings) -> str:
     """A short stable name for this CTX_HOME: containers of two homes never mix."""
-    home = Path(settings.home).expanduser()
-    home = home.resolve() if home.exists() else home.absolute()
+    home = Path(settings.home).expanduser().resolve()  # the same before and after setup creates it
     return hashlib.sha256(str(home).encode()).hexdigest()[:12]
 
 
