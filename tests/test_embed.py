@@ -212,3 +212,36 @@ def test_real_session_export_chunks_fit(token_count):
     assert len(chunks) > 1
     assert all(token_count(chunk) <= 256 for chunk in chunks)
     assert_chunks_cover(text, chunks)
+
+
+def test_ensure_onnx_exports_again_when_the_weights_changed(models_dir, tmp_path):
+    stale = tmp_path / "models"
+    stale.mkdir()
+    (stale / embed.ONNX_FILE).write_bytes((models_dir / embed.ONNX_FILE).read_bytes())
+    meta = json.loads((models_dir / f"{embed.ONNX_FILE}.json").read_text())
+    (stale / f"{embed.ONNX_FILE}.json").write_text(json.dumps(dict(meta, source_sha256="0" * 64)))
+    os.utime(stale / embed.ONNX_FILE, ns=(0, 0))
+
+    path = embed.ensure_onnx(stale)
+
+    assert path.stat().st_mtime_ns != 0, "an export made from other weights must be replaced"
+    assert json.loads((stale / f"{embed.ONNX_FILE}.json").read_text())["source_sha256"] == meta["source_sha256"]
+    assert len(embed.QueryEmbedder(stale).embed("still works")) == 384
+
+
+def test_export_that_disagrees_with_sentence_transformers_is_refused(models_dir, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(models_dir / embed.ONNX_FILE))
+    biggest = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the word embeddings
+    weights = numpy_helper.to_array(biggest)
+    noisy = weights + np.random.default_rng(0).normal(0, weights.std(), weights.shape).astype(weights.dtype)
+    biggest.CopyFrom(numpy_helper.from_array(noisy, biggest.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+
+    with pytest.raises(embed.EmbeddingModelError) as caught:
+        embed._verify_export(embed.model_dir(), broken)
+    assert "disagrees" in caught.value.message
