@@ -1,0 +1,457 @@
+"""`ctx backup`: one folder per backup that an operator can restore from, list, verify and prune.
+
+Layout of `<backups>/<YYYYmmddTHHMMSSZ>/`:
+  postgres.dump                 pg_dump -Fc (custom format), taken from an exported snapshot
+  chroma/<collection>.jsonl.gz  one JSON object per vector: id, document, metadata, embedding_f32le_b64
+  manifest.json                 versions, counts, sha256 of every file, start and end time (`ended_at`)
+  verified.json                 written by `ctx backup verify`; outside the checksummed set
+
+Consistency while migrate writes: PostgreSQL is dumped from a snapshot that ctx exports and keeps open, and the
+same snapshot says which rows are embedded (`embedded_sha256 = content_sha256`) with how many chunks. Chroma has
+no snapshot, so only the vectors of those rows are taken, fetched by id, and only when every chunk is there and
+carries the row's hash (`sha` metadata). Rows whose vectors moved on meanwhile are listed in the manifest as
+`not_embedded`; restore marks them not embedded, and `ctx validate --repair` embeds them again.
+
+The folder is written as `.<name>.partial` and renamed when complete, so a crash never leaves a backup that
+looks whole; `newest_backup` in health and `list_backups` here only count folders with a valid manifest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .config import Settings
+from .errors import DataError, UsageError
+from .stores import Store
+from .stores import postgres as pg
+from .stores.chroma import COLLECTIONS
+
+FORMAT = "ctx-backup/1"
+MANIFEST = "manifest.json"
+VERIFIED = "verified.json"
+DUMP_FILE = "postgres.dump"
+CHROMA_DIR = "chroma"
+EMBEDDED_TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
+NAME_FORMAT = "%Y%m%dT%H%M%SZ"
+_NAME = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+_PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
+FETCH_IDS = 500  # vector ids per Chroma get (each answer carries 384 floats per id)
+
+Report = Callable[[str], None]
+# progress(step, done, total): total None while unknown
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _no_progress(step: str, done: int, total: int | None) -> None:
+    pass
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    ts = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+# -- manifest and checksums -------------------------------------------------------------------------------
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own `checksum` key: any edit to it is detected."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    manifest = {**manifest, "checksum": manifest_checksum(manifest)}
+    _write_durably(folder / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_manifest(folder: Path) -> dict:
+    """The manifest of a backup folder; DataError when it is missing, unreadable or was altered."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{folder} is not a complete ctx backup (no {MANIFEST})",
+                         hint="`ctx backup list` shows the backups; partial folders cannot be restored.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})", hint="The backup is damaged; use another one.") from exc
+    if not isinstance(manifest, dict) or manifest.get("checksum") != manifest_checksum(manifest):
+        raise DataError(f"{path}: checksum mismatch (the manifest was altered or damaged)",
+                        hint="The backup is damaged; use another one.")
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: unknown backup format {manifest.get('format')!r}", hint=f"This ctx reads {FORMAT}.")
+    return manifest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(folder: Path, manifest: dict, progress: Progress = _no_progress) -> None:
+    """Every file the manifest lists exists with its recorded sha256 and size; DataError otherwise."""
+    files = manifest.get("files") or {}
+    for done, (rel, meta) in enumerate(sorted(files.items()), start=1):
+        path = folder / rel
+        if not path.is_file():
+            raise DataError(f"{path}: missing from the backup", hint="The backup is incomplete; use another one.")
+        if path.stat().st_size != meta["bytes"] or file_sha256(path) != meta["sha256"]:
+            raise DataError(f"{path}: checksum mismatch (the file was altered or damaged)",
+                            hint="The backup is damaged; use another one (`ctx backup list`).")
+        progress("checking files", done, len(files))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- taking a backup ---------------------------------------------------------------------------------------
+@dataclass
+class BackupResult:
+    name: str
+    path: Path
+    size_bytes: int
+    manifest: dict
+
+    def as_dict(self) -> dict:
+        m = self.manifest
+        return {
+            "name": self.name, "path": str(self.path), "size_bytes": self.size_bytes,
+            "started_at": m["started_at"], "ended_at": m["ended_at"], "schema_version": m["schema_version"],
+            "rows": m["postgres"]["rows"], "vectors": {n: c["vectors"] for n, c in m["chroma"]["collections"].items()},
+            "not_embedded": {k: len(v) for k, v in m["chroma"]["not_embedded"].items()},
+        }
+
+
+def _new_name(root: Path, now: datetime) -> str:
+    base = now.strftime(NAME_FORMAT)
+    name, n = base, 1
+    while (root / name).exists() or (root / f".{name}.partial").exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def create_backup(
+    settings: Settings, dest: Path | None = None, report: Report = _quiet, progress: Progress = _no_progress
+) -> BackupResult:
+    """Dump PostgreSQL, export the matching Chroma vectors, write the manifest, then publish by rename."""
+    root = Path(dest) if dest else settings.backups_path
+    root.mkdir(parents=True, exist_ok=True)
+    started = utc_now()
+    name = _new_name(root, started)
+    partial = root / f".{name}.partial"
+    partial.mkdir(mode=0o700)
+    (partial / CHROMA_DIR).mkdir()
+    with Store(settings) as store:
+        manifest: dict = {
+            "format": FORMAT, "name": name, "ctx_version": __version__, "started_at": iso(started),
+            "runtime": store.runtime.name,
+        }
+        report(f"backup: writing {partial}")
+        wanted = _dump_postgres(store, partial, manifest, report)
+        _export_chroma(store, partial, manifest, wanted, progress)
+    manifest["files"] = {
+        str(p.relative_to(partial)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(partial.rglob("*")) if p.is_file()
+    }
+    for p in partial.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    manifest["ended_at"] = iso(utc_now())
+    write_manifest(partial, manifest)
+    _fsync_dir(partial / CHROMA_DIR)
+    _fsync_dir(partial)
+    final = root / name
+    os.rename(partial, final)
+    _fsync_dir(root)
+    size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
+    report(f"backup: {final} complete ({size} bytes)")
+    return BackupResult(name, final, size, load_manifest(final))
+
+
+def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -> dict[str, dict[str, tuple[str, int]]]:
+    """pg_dump from a snapshot we hold open; return, from the same snapshot, the embedded rows per kind."""
+    from psycopg import IsolationLevel
+
+    from .runtime import probes
+
+    conn = store.pg()
+    try:
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        report("postgres: pg_dump -Fc")
+        store.runtime.run_pg_tool("pg_dump", ["-Fc", "--snapshot", snapshot], output=folder / DUMP_FILE)
+        # Read after the dump so a lock held by someone else blocks pg_dump (visible) rather than us.
+        manifest["schema_version"] = pg.schema_version(conn)
+        manifest["postgres"] = {
+            "file": DUMP_FILE,
+            "server_version": conn.execute("SHOW server_version").fetchone()[0],
+            "rows": pg.table_counts(conn) if manifest["schema_version"] else {},
+            "data_generation": pg.data_generation(conn) if manifest["schema_version"] else 0,
+        }
+        row = conn.execute("SELECT embedding_model, embedding_dim FROM db_metadata WHERE id = 1").fetchone() \
+            if manifest["schema_version"] else None
+        manifest["embedding"] = {"model": row[0] if row else None, "dim": row[1] if row else None,
+                                 "encoding": "float32 little-endian, base64"}
+        wanted: dict[str, dict[str, tuple[str, int]]] = {}
+        for kind, table in EMBEDDED_TABLES.items():
+            wanted[kind] = {
+                rid: (sha, chunks)
+                for rid, sha, chunks in conn.execute(
+                    f"SELECT id::text, embedded_sha256, embedded_chunks FROM {table}"
+                    " WHERE embedded_sha256 = content_sha256 AND embedded_chunks > 0 ORDER BY id"
+                )
+            } if manifest["schema_version"] else {}
+        conn.rollback()
+    finally:
+        conn.close()
+    try:
+        manifest["chroma_server_version"] = store.chroma.version()
+    except Exception:  # a version string is nice to have, never a reason to fail a backup
+        manifest["chroma_server_version"] = probes.chroma_version(store.endpoints.chroma_url, store.endpoints.chroma_token)
+    return wanted
+
+
+def _export_chroma(store: Store, folder: Path, manifest: dict, wanted: dict, progress: Progress) -> None:
+    import base64
+
+    import numpy as np
+
+    chroma = store.chroma
+    collections: dict[str, dict] = {}
+    not_embedded: dict[str, list[str]] = {}
+    total = sum(sum(c for _sha, c in rows.values()) for rows in wanted.values())
+    done = 0
+    for kind, name in COLLECTIONS.items():
+        rows = wanted.get(kind, {})
+        missing: list[str] = []
+        rel = f"{CHROMA_DIR}/{name}.jsonl.gz"
+        exists = chroma.has_collection(name)
+        vectors = 0
+        with gzip.open(folder / rel, "wt", encoding="utf-8", compresslevel=3) as out:
+            for batch in _record_batches(rows):
+                ids = [f"{rid}:{n}" for rid, (_sha, chunks) in batch for n in range(chunks)]
+                got = chroma.get(name, ids=ids, include=("metadatas", "documents", "embeddings")) if exists else {}
+                found = {}
+                for vid, meta, doc, emb in zip(got.get("ids") or [], got.get("metadatas") or [],
+                                               got.get("documents") or [], got.get("embeddings") or []):
+                    found[vid] = (meta or {}, doc, emb)
+                for rid, (sha, chunks) in batch:
+                    parts = [found.get(f"{rid}:{n}") for n in range(chunks)]
+                    if any(p is None or p[0].get("sha") != sha for p in parts):
+                        missing.append(rid)
+                        continue
+                    for n, (meta, doc, emb) in enumerate(parts):
+                        blob = base64.b64encode(np.asarray(emb, dtype="<f4").tobytes()).decode()
+                        out.write(json.dumps({"id": f"{rid}:{n}", "document": doc, "metadata": meta,
+                                              "embedding_f32le_b64": blob}, ensure_ascii=False) + "\n")
+                        vectors += 1
+                done += len(ids)
+                progress("exporting vectors", done, total)
+        collections[name] = {
+            "kind": kind, "file": rel, "vectors": vectors, "rows": len(rows) - len(missing),
+            "metadata": {"hnsw:space": "cosine"},
+        }
+        not_embedded[kind] = missing
+    manifest["chroma"] = {"server_version": manifest.pop("chroma_server_version", None),
+                          "collections": collections, "not_embedded": not_embedded}
+
+
+def _record_batches(rows: dict[str, tuple[str, int]]):
+    """Rows grouped so each batch asks Chroma for about FETCH_IDS vectors and never splits a row's chunks."""
+    batch, size = [], 0
+    for rid, (sha, chunks) in rows.items():
+        batch.append((rid, (sha, chunks)))
+        size += chunks
+        if size >= FETCH_IDS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def read_vectors(path: Path):
+    """The vectors of one exported collection: (id, document, metadata, embedding as a list of floats)."""
+    import base64
+
+    import numpy as np
+
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            item = json.loads(line)
+            emb = np.frombuffer(base64.b64decode(item["embedding_f32le_b64"]), dtype="<f4").tolist()
+            yield item["id"], item.get("document"), item.get("metadata") or {}, emb
+
+
+# -- finding, listing and pruning backups -----------------------------------------------------------------
+def resolve_backup(settings: Settings, ref: str | Path) -> Path:
+    """A backup folder given as a path, or as a name under the backups folder."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    under = settings.backups_path / str(ref)
+    if under.is_dir():
+        return under
+    raise UsageError(f"No backup at {ref}", hint="Give a backup folder or a name from `ctx backup list`.")
+
+
+@dataclass
+class BackupInfo:
+    name: str
+    path: Path
+    complete: bool
+    ended_at: datetime | None
+    size_bytes: int
+    verified: bool | None = None
+    verified_at: str | None = None
+    problem: str = ""
+
+    def as_dict(self, now: datetime | None = None) -> dict:
+        out = asdict(self)
+        out["path"] = str(self.path)
+        out["ended_at"] = iso(self.ended_at) if self.ended_at else None
+        ref = self.ended_at or datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc) if self.path.exists() else None
+        out["age_hours"] = round(((now or utc_now()) - ref).total_seconds() / 3600, 2) if ref else None
+        return out
+
+
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def list_backups(root: Path) -> list[BackupInfo]:
+    """Backups under `root`, newest first; partial (unfinished or crashed) folders are listed as incomplete."""
+    if not root.is_dir():
+        return []
+    found: list[BackupInfo] = []
+    for path in root.iterdir():
+        if not path.is_dir() or not (_NAME.match(path.name) or _PARTIAL.match(path.name)):
+            continue
+        info = BackupInfo(path.name, path, False, None, _folder_size(path))
+        if _NAME.match(path.name):
+            try:
+                manifest = load_manifest(path)
+                info.ended_at = parse_iso(manifest["ended_at"])
+                info.complete = True
+            except Exception as exc:  # listed, flagged, never trusted
+                info.problem = getattr(exc, "message", str(exc))
+        else:
+            info.problem = "partial (unfinished or interrupted)"
+        try:
+            state = json.loads((path / VERIFIED).read_text())
+            info.verified, info.verified_at = bool(state.get("ok")), state.get("verified_at")
+        except (OSError, ValueError):
+            pass
+        found.append(info)
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    found.sort(key=lambda b: (b.ended_at or epoch, b.name), reverse=True)
+    return found
+
+
+@dataclass
+class PrunePlan:
+    keep: dict[str, list[str]] = field(default_factory=dict)  # name -> reasons
+    delete: list[str] = field(default_factory=list)
+    partial_delete: list[str] = field(default_factory=list)
+    deleted: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_prune(
+    backups: list[tuple[str, datetime]], keep_daily: int, keep_weekly: int, keep_monthly: int
+) -> PrunePlan:
+    """Grandfather-father-son: keep the newest backup of each of the last N days, ISO weeks and months that
+    have a backup (a pause in backups never makes old ones expire faster), and always the newest backup."""
+    ordered = sorted(backups, key=lambda b: b[1], reverse=True)
+    plan = PrunePlan()
+    if not ordered:
+        return plan
+    plan.keep[ordered[0][0]] = ["newest"]
+    rules = (
+        ("daily", keep_daily, lambda t: t.date()),
+        ("weekly", keep_weekly, lambda t: tuple(t.isocalendar())[:2]),
+        ("monthly", keep_monthly, lambda t: (t.year, t.month)),
+    )
+    for label, count, bucket_of in rules:
+        seen: set = set()
+        for name, ended in ordered:
+            if len(seen) >= count:
+                break
+            bucket = bucket_of(ended.astimezone(timezone.utc))
+            if bucket in seen:
+                continue
+            seen.add(bucket)
+            plan.keep.setdefault(name, []).append(label)
+    plan.delete = [name for name, _ in ordered if name not in plan.keep]
+    return plan
+
+
+def prune_backups(
+    root: Path, keep_daily: int, keep_weekly: int, keep_monthly: int, dry_run: bool = False,
+    now: datetime | None = None, report: Report = _quiet,
+) -> PrunePlan:
+    """Apply `plan_prune` to the complete backups under `root`; also remove partial folders older than a day."""
+    if min(keep_daily, keep_weekly, keep_monthly) < 0:
+        raise UsageError("Keep counts cannot be negative", hint="Use 0 or more for --keep-daily/-weekly/-monthly.")
+    now = now or utc_now()
+    infos = list_backups(root)
+    plan = plan_prune([(b.name, b.ended_at) for b in infos if b.complete], keep_daily, keep_weekly, keep_monthly)
+    day_ago = (now - timedelta(days=1)).timestamp()
+    plan.partial_delete = [b.name for b in infos if not b.complete and b.path.stat().st_mtime < day_ago]
+    if not dry_run:
+        for name in plan.delete + plan.partial_delete:
+            report(f"prune: removing {root / name}")
+            shutil.rmtree(root / name)
+        plan.deleted = True
+    return plan
+
+
+def record_verified(folder: Path, ok: bool, detail: str) -> None:
+    """verified.json beside the manifest (outside the checksummed set), written atomically."""
+    tmp = folder / f".{VERIFIED}.tmp"
+    tmp.write_text(json.dumps({"ok": ok, "verified_at": iso(utc_now()), "ctx_version": __version__,
+                               "detail": detail}, indent=2) + "\n")
+    os.replace(tmp, folder / VERIFIED)
+
+
+def elapsed_since(start: float) -> float:
+    return round(time.monotonic() - start, 3)

@@ -1,0 +1,178 @@
+"""`ctx backup` (take one; `verify`, `list`, `prune`) and `ctx restore`."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator
+
+import typer
+
+from .. import output
+from .common import JsonOpt, YesOpt, settings
+
+DestOpt = Annotated[
+    Path | None,
+    typer.Option("--dest", help="Backups folder (CTX_BACKUP_DIR; default: $CTX_HOME/backups).", show_default=False),
+]
+BackupArg = Annotated[str, typer.Argument(help="A backup folder, or a backup name from `ctx backup list`.")]
+
+backup_app = typer.Typer(
+    help="Take a backup (PostgreSQL dump + Chroma export + manifest); verify, list and prune backups.",
+    invoke_without_command=True, no_args_is_help=False,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backup_app, name="backup")
+    app.command()(restore)
+
+
+def _settings(ctx: typer.Context, dest: Path | None):
+    return settings(ctx, backup_dir=str(dest) if dest else None)
+
+
+@contextmanager
+def _progress(json_out: bool) -> Iterator:
+    """A progress callback for the library: Rich bars at a terminal, nothing otherwise (cron, pipes, --json)."""
+    with output.progress(enabled=not json_out) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(step: str, done: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield update
+
+
+def _note(json_out: bool):
+    return (lambda msg: None) if json_out else output.note
+
+
+@backup_app.callback()
+def backup(ctx: typer.Context, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
+    """Take a backup now: one folder named by UTC time, published only when complete. Made for cron."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..backup import create_backup
+
+    def body() -> int:
+        with _progress(json_out) as progress:
+            result = create_backup(_settings(ctx, dest), report=_note(json_out), progress=progress)
+        if json_out:
+            output.emit_json({"ok": True, **result.as_dict()})
+        else:
+            vectors = sum(c["vectors"] for c in result.manifest["chroma"]["collections"].values())
+            rows = sum(result.manifest["postgres"]["rows"].values())
+            print(f"backup {result.name}: {rows} rows, {vectors} vectors, {output.human_bytes(result.size_bytes)}"
+                  f" at {result.path}")
+        return 0
+
+    output.run(body, json_out)
+
+
+@backup_app.command()
+def verify(ctx: typer.Context, backup: BackupArg, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
+    """Test-restore a backup into a scratch database and scratch collections, compare, then remove them."""
+    from ..restore import verify_backup
+
+    def body() -> int:
+        with _progress(json_out) as progress:
+            result = verify_backup(_settings(ctx, dest), backup, report=_note(json_out), progress=progress)
+        if json_out:
+            output.emit_json(result.as_dict())
+        else:
+            print(f"verified {result.backup}: {result.detail}")
+        return 0
+
+    output.run(body, json_out)
+
+
+@backup_app.command("list")
+def list_(ctx: typer.Context, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
+    """Backups, newest first, with size, age and verified state."""
+    from ..backup import list_backups
+
+    def body() -> int:
+        found = list_backups(_settings(ctx, dest).backups_path)
+        data = [b.as_dict() for b in found]
+        if json_out:
+            output.emit_json(data)
+            return 0
+        rows = [
+            [d["name"], "complete" if d["complete"] else d["problem"] or "incomplete", output.human_bytes(d["size_bytes"]),
+             "-" if d["age_hours"] is None else f"{d['age_hours']:.1f} h",
+             {True: "ok", False: "FAILED", None: "not verified"}[d["verified"]] + (f" {d['verified_at']}" if d["verified_at"] else "")]
+            for d in data
+        ]
+        output.console().print(output.table("ctx backups", ["name", "state", "size", "age", "verified"], rows))
+        return 0
+
+    output.run(body, json_out)
+
+
+@backup_app.command()
+def prune(
+    ctx: typer.Context,
+    keep_daily: Annotated[int, typer.Option("--keep-daily", help="Keep the newest backup of each of the last N days.")] = 7,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly", help="... of each of the last N ISO weeks.")] = 4,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly", help="... of each of the last N months.")] = 6,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
+    yes: YesOpt = False,
+    dest: DestOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Apply a retention policy (GFS); never removes the newest backup; removes partial folders older than a day."""
+    from ..backup import prune_backups
+
+    def body() -> int:
+        root = _settings(ctx, dest).backups_path
+        plan = prune_backups(root, keep_daily, keep_weekly, keep_monthly, dry_run=True)
+        doomed = plan.delete + plan.partial_delete
+        if not dry_run and doomed and not yes:
+            if not sys.stdin.isatty():
+                from ..errors import UsageError
+
+                raise UsageError(f"prune would remove {len(doomed)} backup folder(s)",
+                                 hint="Add --yes to confirm when not at a terminal, or --dry-run to look first.")
+            typer.confirm(f"Remove {len(doomed)} backup folder(s) from {root}?", abort=True)
+        if not dry_run:
+            plan = prune_backups(root, keep_daily, keep_weekly, keep_monthly, report=_note(json_out))
+        if json_out:
+            output.emit_json(plan.as_dict())
+        else:
+            verb = "would remove" if dry_run else "removed"
+            for name in doomed:
+                print(f"{verb} {name}")
+            for name, reasons in plan.keep.items():
+                print(f"keep {name} ({', '.join(reasons)})")
+        return 0
+
+    output.run(body, json_out)
+
+
+def restore(
+    ctx: typer.Context,
+    backup: BackupArg,
+    yes: YesOpt = False,
+    dest: DestOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Replace the store's data with a backup's (checksums and schema checked first), then validate it."""
+    from ..restore import restore_backup
+
+    def body() -> int:
+        with _progress(json_out) as progress:
+            result = restore_backup(_settings(ctx, dest), backup, yes=yes, report=_note(json_out), progress=progress)
+        if json_out:
+            output.emit_json({"ok": True, **result.as_dict()})
+        else:
+            rows = sum(result.rows.values())
+            vectors = sum(result.vectors.values())
+            print(f"restored {result.backup}: {rows} rows, {vectors} vectors; "
+                  f"{result.marked_not_embedded} rows marked for re-embedding; checks: {', '.join(result.checks)}")
+        return 0
+
+    output.run(body, json_out)

@@ -1,0 +1,287 @@
+"""`ctx restore` and `ctx backup verify`: put a backup back, into the store or into scratch copies.
+
+Refusals come first and change nothing: a checksum that does not match (DataError, exit 5), a schema newer
+than this ctx (SchemaError, exit 4), a target that holds data without --yes (UsageError, exit 2).
+PostgreSQL is restored with `pg_restore --clean --if-exists --single-transaction` (all or nothing), Chroma by
+deleting and recreating each collection and upserting in batches. Rows the backup holds no vectors for are
+marked not embedded, the cache generation is bumped, and the restored store is checked against the manifest.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .backup import (
+    DUMP_FILE, EMBEDDED_TABLES, Progress, Report, _no_progress, _quiet, check_files, load_manifest,
+    read_vectors, record_verified, resolve_backup,
+)
+from .config import Settings
+from .errors import CtxError, DataError, SchemaError, UsageError
+from .stores import Store
+from .stores import postgres as pg
+from .stores.chroma import COLLECTIONS, Chroma
+
+UPSERT_BATCH = 1000  # <= Chroma's limit of 5000; smaller keeps each request a few MB
+DATA_TABLES = ("sessions", "checkpoints", "patterns", "messages", "submodule_registry", "tags", "privacy_audit",
+               "context_loads")
+
+
+@dataclass
+class RestoreResult:
+    backup: str
+    rows: dict[str, int] = field(default_factory=dict)
+    vectors: dict[str, int] = field(default_factory=dict)
+    marked_not_embedded: int = 0
+    schema_applied: list[str] = field(default_factory=list)
+    data_generation: int = 0
+    checks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_restorable(folder: Path, progress: Progress = _no_progress) -> dict:
+    """Manifest, file checksums and schema version; the manifest when the backup may be restored."""
+    manifest = load_manifest(folder)
+    check_files(folder, manifest, progress)
+    latest = pg.latest_version()
+    if int(manifest.get("schema_version") or 0) > latest:
+        raise SchemaError(
+            f"The backup has schema version {manifest['schema_version']}, newer than this ctx knows ({latest})",
+            hint="Upgrade ctx (pip install -U coditect-ctx), then restore.",
+        )
+    return manifest
+
+
+def target_holds_data(store: Store) -> list[str]:
+    """What in the target store would be overwritten ('messages: 12 rows', 'sessions_embeddings: 40 vectors')."""
+    held: list[str] = []
+    with store.pg() as conn:
+        if pg.schema_version(conn):
+            counts = pg.table_counts(conn)
+            held += [f"{t}: {counts[t]} rows" for t in DATA_TABLES if counts.get(t)]
+    existing = {c["name"] for c in store.chroma.list_collections()}
+    for name in COLLECTIONS.values():
+        if name in existing and (n := store.chroma.count(name)):
+            held.append(f"{name}: {n} vectors")
+    return held
+
+
+def restore_backup(
+    settings: Settings, ref: str | Path, yes: bool = False, report: Report = _quiet, progress: Progress = _no_progress
+) -> RestoreResult:
+    """Replace the store's PostgreSQL data and Chroma collections with a backup's, then check the result."""
+    start = time.monotonic()
+    folder = resolve_backup(settings, ref)
+    manifest = check_restorable(folder, progress)
+    result = RestoreResult(backup=str(folder))
+    with Store(settings) as store:
+        held = target_holds_data(store)
+        if held and not yes:
+            raise UsageError(
+                f"The store holds data that restore would replace ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''})",
+                hint="Take a backup of it first (`ctx backup`), then run `ctx restore BACKUP --yes`.",
+            )
+        report("postgres: pg_restore --clean --if-exists --single-transaction")
+        restore_postgres(store, folder, dbname=None)
+        result.schema_applied = pg.migrate_schema(store.pg_url)  # a backup of an older ctx gets the newer schema
+        with store.pg() as conn:
+            result.marked_not_embedded = mark_not_embedded(conn, manifest)
+            result.data_generation = pg.bump_generation(conn)
+            conn.commit()
+        restore_chroma(store.chroma, folder, manifest, prefix="", progress=progress)
+        with store.pg() as conn:
+            problems = compare_with_manifest(conn, store.chroma, manifest, prefix="")
+            result.rows = pg.table_counts(conn)
+        result.vectors = {name: store.chroma.count(name) for name in COLLECTIONS.values()}
+    if problems:
+        raise DataError("The restored store does not match the backup: " + "; ".join(problems),
+                        hint="Run `ctx backup verify` on the backup; restore another one if it fails.")
+    result.checks.append("counts match the manifest")
+    result.checks += run_validate_hook(settings)
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
+
+
+def restore_postgres(store: Store, folder: Path, dbname: str | None) -> None:
+    """pg_restore into the store's database (dbname None) or a scratch one; one transaction, stops at an error."""
+    args = ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error"]
+    store.runtime.run_pg_tool("pg_restore", args, dbname=dbname or store.settings.pg_db, input_file=folder / DUMP_FILE)
+
+
+def mark_not_embedded(conn, manifest: dict) -> int:
+    """Rows whose vectors the backup does not hold become 'not embedded', so repair embeds them again.
+
+    Those are the rows the manifest lists, and rows whose vectors were already stale when it was taken.
+    The updated_at trigger is switched off for this: the rows' content did not change.
+    """
+    total = 0
+    listed = manifest.get("chroma", {}).get("not_embedded", {})
+    for kind, table in EMBEDDED_TABLES.items():
+        ids = listed.get(kind) or []
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        cur = conn.execute(
+            f"UPDATE {table} SET embedded_sha256 = NULL, embedded_chunks = 0"
+            " WHERE (id = ANY(%s::uuid[]) OR embedded_sha256 IS DISTINCT FROM content_sha256)"
+            " AND (embedded_sha256 IS NOT NULL OR embedded_chunks <> 0)",
+            (ids,),
+        )
+        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        total += cur.rowcount
+    return total
+
+
+def restore_chroma(chroma: Chroma, folder: Path, manifest: dict, prefix: str, progress: Progress = _no_progress) -> None:
+    """Delete and recreate every ctx collection (named with `prefix`), then upsert the backup's vectors."""
+    collections = manifest["chroma"]["collections"]
+    total = sum(c["vectors"] for c in collections.values())
+    done = 0
+    for name in COLLECTIONS.values():
+        target = prefix + name
+        chroma.delete_collection(target)
+        chroma.ensure_collection(target)
+        if name not in collections:
+            continue
+        batch: list[tuple] = []
+        for item in read_vectors(folder / collections[name]["file"]):
+            batch.append(item)
+            if len(batch) >= UPSERT_BATCH:
+                _upsert(chroma, target, batch)
+                done += len(batch)
+                progress("restoring vectors", done, total)
+                batch = []
+        if batch:
+            _upsert(chroma, target, batch)
+            done += len(batch)
+            progress("restoring vectors", done, total)
+
+
+def _upsert(chroma: Chroma, name: str, batch: list[tuple]) -> None:
+    ids, docs, metas, embs = zip(*batch)
+    documents = list(docs) if any(d is not None for d in docs) else None
+    if documents is not None:
+        documents = [d if d is not None else "" for d in documents]
+    chroma.upsert(name, list(ids), list(embs), [m or None for m in metas], documents)
+
+
+def compare_with_manifest(conn, chroma: Chroma, manifest: dict, prefix: str) -> list[str]:
+    """Row counts per table and vector counts per collection against the manifest; problems as text."""
+    problems: list[str] = []
+    counts = pg.table_counts(conn)
+    for table, expected in (manifest.get("postgres", {}).get("rows") or {}).items():
+        if counts.get(table) != expected:
+            problems.append(f"{table}: {counts.get(table)} rows, backup has {expected}")
+    for name, meta in manifest["chroma"]["collections"].items():
+        got = chroma.count(prefix + name)
+        if got != meta["vectors"]:
+            problems.append(f"{name}: {got} vectors, backup has {meta['vectors']}")
+    for kind, table in EMBEDDED_TABLES.items():
+        embedded = conn.execute(
+            f"SELECT coalesce(sum(embedded_chunks), 0) FROM {table} WHERE embedded_sha256 = content_sha256"
+        ).fetchone()[0]
+        got = chroma.count(prefix + COLLECTIONS[kind])
+        if int(embedded) != got:
+            problems.append(f"{table}: {embedded} chunks marked embedded, {COLLECTIONS[kind]} holds {got} vectors")
+    return problems
+
+
+def run_validate_hook(settings: Settings) -> list[str]:
+    """The checks `ctx validate` runs (PostgreSQL against Chroma and links; not the source files, which the
+    machine restored to may not have). Rows restore marked not embedded are expected, not a failure: they are
+    named in the result for `ctx validate --repair`. Anything else raises DataError.
+
+    Returns what was checked; empty when this build has no coditect_ctx.validate.
+    """
+    try:
+        from .validate import run_validate
+    except ImportError:
+        return []
+    report = run_validate(settings, repair=False, files=False)
+    failures = list(report.problems)
+    pending = 0
+    for row in report.rows:
+        pending += row.not_embedded
+        bad = {k: v for k, v in vars(row).items()
+               if k in ("orphan_vectors", "wrong_vector_count", "stale_vectors") and v}
+        if bad:
+            failures.append(f"{row.source}/{row.kind}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+    if failures:
+        raise DataError("The restored store fails validation: " + "; ".join(failures),
+                        hint="Run `ctx validate` for details and `ctx validate --repair` to mend it.")
+    checks = ["ctx validate (PostgreSQL vs Chroma, links)"]
+    if pending:
+        checks.append(f"{pending} rows await re-embedding (`ctx validate --repair`)")
+    return checks
+
+
+# -- verify: a test restore into scratch copies ------------------------------------------------------------
+@dataclass
+class VerifyResult:
+    backup: str
+    ok: bool
+    detail: str
+    scratch_database: str
+    scratch_prefix: str
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def verify_backup(
+    settings: Settings, ref: str | Path, report: Report = _quiet, progress: Progress = _no_progress
+) -> VerifyResult:
+    """Restore into CREATE DATABASE ctx_verify_<random> and collections verify_<random>_*, compare with the
+    manifest, always drop the scratch copies, and record the outcome in verified.json. Raises when it fails."""
+    start = time.monotonic()
+    folder = resolve_backup(settings, ref)
+    token = secrets.token_hex(4)
+    scratch_db, prefix = f"ctx_verify_{token}", f"verify_{token}_"
+    try:
+        manifest = check_restorable(folder, progress)
+        with Store(settings) as store:
+            created = False
+            try:
+                with store.pg(autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{scratch_db}"')
+                    created = True
+                report(f"verify: restoring into database {scratch_db} and collections {prefix}*")
+                restore_postgres(store, folder, dbname=scratch_db)
+                with pg.connect(_url_for_db(store.pg_url, scratch_db)) as conn:
+                    mark_not_embedded(conn, manifest)
+                    conn.commit()
+                    restore_chroma(store.chroma, folder, manifest, prefix, progress)
+                    problems = compare_with_manifest(conn, store.chroma, manifest, prefix)
+            finally:
+                _drop_scratch(store, scratch_db if created else None, prefix)
+        if problems:
+            raise DataError("Test restore does not match the manifest: " + "; ".join(problems),
+                            hint="Do not rely on this backup; take a new one (`ctx backup`).")
+    except CtxError as exc:
+        if (folder / "manifest.json").exists():
+            record_verified(folder, False, exc.message)
+        raise
+    detail = f"restored into scratch copies; {len(manifest['files'])} checksums and all counts match"
+    record_verified(folder, True, detail)
+    return VerifyResult(str(folder), True, detail, scratch_db, prefix, round(time.monotonic() - start, 3))
+
+
+def _url_for_db(url: str, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(url, dbname=dbname)
+
+
+def _drop_scratch(store: Store, scratch_db: str | None, prefix: str) -> None:
+    for name in COLLECTIONS.values():
+        try:
+            store.chroma.delete_collection(prefix + name)
+        except CtxError:
+            pass
+    if scratch_db:
+        with store.pg(autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{scratch_db}" WITH (FORCE)')
