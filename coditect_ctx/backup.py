@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -347,7 +346,9 @@ class BackupInfo:
         out = asdict(self)
         out["path"] = str(self.path)
         out["ended_at"] = iso(self.ended_at) if self.ended_at else None
-        ref = self.ended_at or datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc) if self.path.exists() else None
+        ref = self.ended_at
+        if ref is None and self.path.exists():  # a partial folder: age since it was last written
+            ref = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
         out["age_hours"] = round(((now or utc_now()) - ref).total_seconds() / 3600, 2) if ref else None
         return out
 
@@ -451,7 +452,3 @@ def record_verified(folder: Path, ok: bool, detail: str) -> None:
     tmp.write_text(json.dumps({"ok": ok, "verified_at": iso(utc_now()), "ctx_version": __version__,
                                "detail": detail}, indent=2) + "\n")
     os.replace(tmp, folder / VERIFIED)
-
-
-def elapsed_since(start: float) -> float:
-    return round(time.monotonic() - start, 3)

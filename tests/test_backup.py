@@ -519,7 +519,7 @@ def test_backup_and_health_run_plain_under_cron(stack, tmp_path):
                              sys.executable, "-m", "coditect_ctx", "health", "--format", "nagios"], **common)
     verdict = health.stdout.split(":", 1)[0]
     assert health.returncode == {"CTX OK": 0, "CTX WARNING": 1, "CTX CRITICAL": 2, "CTX UNKNOWN": 3}[verdict], health.stdout
-    assert "backup_age_hours=0" in health.stdout
+    assert "backup ok" in health.stdout and "'backup_age_hours'=0;" in health.stdout
     for text in (backup.stdout, backup.stderr, health.stdout, health.stderr):
         assert not ANSI.search(text) and not BOX.search(text), text
 
@@ -537,7 +537,8 @@ def test_migrated_demo_survives_backup_and_restore(fresh_stack, cli):
     made = bk.create_backup(settings)
     with Store(settings) as store:
         with store.pg() as conn:
-            conn.execute("DELETE FROM submodule_registry")
+            for table in ("submodule_registry", "tags", "privacy_audit", "context_loads"):
+                conn.execute(f"DELETE FROM {table}")
             conn.commit()
         for name in COLLECTIONS.values():
             store.chroma.delete_collection(name)
