@@ -87,12 +87,12 @@ def _built_with_openssl(bin_dir: Path) -> bool:
     return "--with-openssl" in out or "--with-ssl=openssl" in out
 
 
-def pg_server_bins() -> tuple[Path, bool]:
+def pg_server_bins(force_proxy: bool = False) -> tuple[Path, bool]:
     """(bin dir, native TLS?): a server built with OpenSSL when there is one, else the wheel's (TLS by proxy)."""
     embedded = embedded_pg_bin()
     candidates = [embedded] if embedded else []
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: -int(p.parent.name) if p.parent.name.isdigit() else 0)
-    if os.environ.get("CTX_TEST_PG_TLS_PROXY") != "1":
+    if not force_proxy and os.environ.get("CTX_TEST_PG_TLS_PROXY") != "1":
         for path in candidates:
             if (path / "postgres").exists() and _built_with_openssl(path):
                 return path, True
@@ -207,8 +207,9 @@ def _chown_pg(*paths: Path) -> None:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def start_postgres(root: Path, server_cert: tuple[Path, Path]) -> PgServer:
-    bin_dir, native = pg_server_bins()
+def start_postgres(root: Path, server_cert: tuple[Path, Path], force_proxy: bool = False) -> PgServer:
+    """A TLS-only PostgreSQL on 127.0.0.1 (`force_proxy`: the wheel's server behind the TLS terminator)."""
+    bin_dir, native = pg_server_bins(force_proxy)
     data = root / "pgdata"
     data.mkdir(parents=True)
     os.chmod(data, 0o700)
@@ -277,7 +278,6 @@ def prepare_roles(server: PgServer, ca: Path) -> None:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORDS[role])))
         conn.execute(f"CREATE DATABASE {DB} OWNER ctx_owner")
     with psycopg.connect(server.url(ADMIN, sslrootcert=ca), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # a managed service's admin usually does this
         conn.execute("ALTER SCHEMA public OWNER TO ctx_owner")
         conn.execute(f"REVOKE CREATE ON DATABASE {DB} FROM PUBLIC")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")

@@ -404,8 +404,8 @@ class ExternalRuntime(Runtime):
         if params.pop("sslpassword", None):
             raise ConfigError("CTX_PG_URL carries sslpassword, which client tools could only get on their command line",
                               hint="Use a client key without a passphrase (mode 0600) for the tools.")
-        if dbname:
-            params["dbname"] = dbname
+        if dbname and not (dbname == self.settings.pg_db and params.get("dbname")):
+            params["dbname"] = dbname  # CTX_PG_DB means "the store's database", which here is the one CTX_PG_URL names
         server_major = int(re.match(r"\d+", check_postgres(url, self.settings.timeout)).group())
         conninfo = make_conninfo(**params)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
