@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .commands import backup, health, migrate, stack
+from .commands import backup, health, migrate, search, stack
 
 app = typer.Typer(
     name="ctx",
@@ -35,7 +35,7 @@ def main_options(
     ctx.obj = {"home": home} if home else {}
 
 
-for module in (stack, health, migrate, backup):
+for module in (stack, health, migrate, backup, search):
     module.register(app)
 
 

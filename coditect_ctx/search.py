@@ -1,0 +1,610 @@
+"""`ctx search`: hybrid search over the store (PostgreSQL full text + trigram, Chroma vectors), cached in Redis.
+
+How one query runs (mode `hybrid`):
+1. One PostgreSQL round trip reads the data generation (and sets the trigram threshold). The cache keys carry it
+   and the model id, so a cached answer is never stale: a migrate or restore bumps the generation.
+2. Cache hit (the rendered page, or the result) -> done. No model, no Chroma, no Rich.
+3. Full text + trigram candidates in one SQL statement; the query vector (Redis-cached; onnxruntime only on a
+   miss) -> Chroma candidates per type. Every filter is applied inside each engine (SQL WHERE, Chroma `where`)
+   before its candidates are cut, never to the fused top N.
+4. Weighted reciprocal rank fusion (fusion.py), then one SQL round trip fetches titles, dates and ts_headline
+   snippets for the final page only.
+
+Heavy imports (psycopg, onnxruntime) happen inside functions; the redis package (0.15-0.3 s to import: it pulls
+in asyncio and OpenTelemetry) is replaced on this path by a small RESP client behind the same Cache class.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from array import array
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+from urllib.parse import unquote, urlsplit
+
+from .config import Settings
+from .errors import UsageError
+from .fusion import weighted_rrf
+from .stores.cache import Cache, cache_key
+
+TYPES = ("session", "checkpoint", "pattern", "message")
+MODES = ("hybrid", "semantic", "text")
+PRIVACY_LEVELS = ("PUBLIC", "TEAM", "PRIVATE", "EPHEMERAL")
+MAX_QUERY_CHARS = 4000
+MAX_LIMIT = 200
+MAX_QUERY_WORDS = 48
+
+# Fusion, tuned on bench/eval_queries.json (45 questions over the real corpus; bench/bench_search.py --tune).
+# Grid: k in {10, 20, 40, 60, 100}, semantic weight in {0.5..2}, trigram weight in {0, 0.1..0.5}, text 1.0.
+# See TUNING_NOTE for the figures; k and weights below are the grid's best on recall@10 + MRR.
+RRF_K = 60.0
+WEIGHTS = {"text": 1.0, "trigram": 0.3, "semantic": 1.0}
+TUNING_NOTE = "untuned"
+# Each engine brings CANDIDATE_FACTOR x limit candidates (at least MIN_CANDIDATES); Chroma returns chunks, several
+# per long record, so it is asked for CHUNK_FANOUT x as many and chunk hits collapse to their record's best chunk.
+CANDIDATE_FACTOR = 3
+MIN_CANDIDATES = 30
+CHUNK_FANOUT = 3
+TRIGRAM_THRESHOLD = 0.3
+# Part of every cache key: change it whenever ranking or output changes, so old cached pages are not served.
+SEARCH_VERSION = "search-v1"
+
+_HL_START, _HL_STOP = "\ue000", "\ue001"
+_HEADLINE_OPTS = (f'StartSel="{_HL_START}", StopSel="{_HL_STOP}", MaxWords=16, MinWords=6, '
+                  'MaxFragments=2, FragmentDelimiter=" … "')
+SNIPPET_CHARS = 200
+_MARKUP = re.compile(r"\*\*|__|`+|(?:^|\s)#{1,6}(?=\s)|^>\s|\[[ xX]\]")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_WEB_OPERATORS = re.compile(r'"|(^|\s)-\w|\s(or|OR)\s')
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A validated query: what the user asked and every filter, normalised (it is part of the cache key)."""
+
+    text: str
+    types: tuple[str, ...] = TYPES
+    submodule: str | None = None
+    tags: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    privacy: str | None = None
+    limit: int = 10
+    mode: str = "hybrid"
+
+    def cache_parts(self) -> list:
+        return [self.text, list(self.types), self.submodule, list(self.tags),
+                self.since.isoformat() if self.since else None, self.until.isoformat() if self.until else None,
+                self.privacy, self.limit, self.mode]
+
+    def filters(self) -> dict:
+        return {"types": list(self.types), "submodule": self.submodule, "tags": list(self.tags),
+                "since": self.since.isoformat() if self.since else None,
+                "until": self.until.isoformat() if self.until else None, "privacy": self.privacy}
+
+
+@dataclass
+class Hit:
+    rank: int
+    type: str
+    id: str
+    title: str
+    submodule: str | None
+    date: str | None
+    snippet: str
+    highlights: list[list[int]]  # [start, end) character spans of snippet that matched the query
+    score: float  # fused (RRF) score
+    scores: dict[str, dict]  # per engine: {"rank": n, "score": raw engine score}
+
+
+@dataclass
+class SearchResult:
+    query: str
+    mode: str
+    filters: dict
+    limit: int
+    generation: int
+    hits: list[Hit]
+    candidates: dict[str, int]  # candidates each engine brought before fusion
+    cache: str = "miss"  # "miss", "hit" (result from Redis) or "off" (Redis disabled or down)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchResult":
+        return cls(**{**data, "hits": [Hit(**h) for h in data["hits"]]})
+
+
+@dataclass
+class SearchOutcome:
+    """What a search hands the command: the result, and the rendered page when a renderer was given."""
+
+    result: SearchResult | None
+    page: str | None = None
+    page_cached: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Renderer:
+    """Turns a result into the text the command prints; `key` says what the text depends on (width, colour)."""
+
+    key: str
+
+    def __call__(self, result: SearchResult) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# -- parsing the user's input -------------------------------------------------------------------------------
+def parse_when(value: str | None, *, end_of_day: bool = False, flag: str = "--since") -> datetime | None:
+    """A UTC instant from `2025-11-16`, `2025-11-16T09:30`, any ISO time with an offset, or `7d` / `12h` / `2w` ago.
+
+    A bare date given to --until means the end of that day, so `--since D --until D` is the whole day.
+    """
+    if value is None or not value.strip():
+        return None
+    raw = value.strip()
+    rel = re.fullmatch(r"(\d{1,5})\s*([hdw])", raw, re.IGNORECASE)
+    if rel:
+        hours = int(rel.group(1)) * {"h": 1, "d": 24, "w": 168}[rel.group(2).lower()]
+        return (datetime.now(timezone.utc) - timedelta(hours=hours)).replace(microsecond=0)
+    try:
+        parsed = datetime.fromisoformat(raw.replace("z", "Z"))
+    except ValueError:
+        raise UsageError(f"{flag} {raw!r} is not a date",
+                         hint="Use 2025-11-16, 2025-11-16T09:30, 2025-11-16T09:30:00+02:00, or 7d / 12h / 2w ago.")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    if end_of_day and re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        parsed += timedelta(days=1, microseconds=-1)
+    return parsed.astimezone(timezone.utc)
+
+
+def clean_text(text: str) -> str:
+    """Text PostgreSQL and the tokenizer accept: no NUL, no lone surrogates, whitespace collapsed."""
+    text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", " ")
+    return " ".join(text.split())
+
+
+def make_query(
+    text: str,
+    *,
+    type_: str | None = None,
+    submodule: str | None = None,
+    tags: Iterable[str] = (),
+    since: str | None = None,
+    until: str | None = None,
+    privacy: str | None = None,
+    limit: int = 10,
+    mode: str = "hybrid",
+) -> SearchQuery:
+    """Validate what the user typed; every mistake is a UsageError with a hint."""
+    cleaned = clean_text(text or "")
+    if not cleaned:
+        raise UsageError("The search query is empty", hint='Give some words to look for: ctx search "redis eviction"')
+    if len(cleaned) > MAX_QUERY_CHARS:
+        raise UsageError(f"The search query is {len(cleaned)} characters long (at most {MAX_QUERY_CHARS})",
+                         hint="Search for a sentence or a few key phrases, not a whole document.")
+    if type_ is not None and type_ not in TYPES:
+        raise UsageError(f"Unknown --type {type_!r}", hint=f"Use one of: {', '.join(TYPES)}.")
+    if mode not in MODES:
+        raise UsageError(f"Unknown --mode {mode!r}", hint=f"Use one of: {', '.join(MODES)}.")
+    level = privacy.strip().upper() if privacy else None
+    if level is not None and level not in PRIVACY_LEVELS:
+        raise UsageError(f"Unknown --privacy {privacy!r}", hint=f"Use one of: {', '.join(PRIVACY_LEVELS)}.")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit {limit} is out of range", hint=f"Use 1 to {MAX_LIMIT}.")
+    since_at = parse_when(since, flag="--since")
+    until_at = parse_when(until, end_of_day=True, flag="--until")
+    if since_at and until_at and since_at > until_at:
+        raise UsageError("--since is after --until", hint="Swap them, or drop one.")
+    tag_names = tuple(sorted({t.strip().lower() for t in tags if t and t.strip()}))
+    return SearchQuery(
+        text=cleaned, types=(type_,) if type_ else TYPES, submodule=(submodule or "").strip() or None,
+        tags=tag_names, since=since_at, until=until_at, privacy=level, limit=limit, mode=mode,
+    )
+
+
+# -- SQL: one description per record type, so every engine filters the same way ----------------------------
+@dataclass(frozen=True)
+class _Kind:
+    table: str
+    title: str  # SQL expression over alias t (and s for messages)
+    date: str  # the instant --since/--until compare; the same one migrate puts in Chroma's `ts`
+    body: str  # text the snippet is cut from
+    tag_filter: str  # SQL condition with %(tag_N)s placeholders substituted per tag
+    joins: str = ""
+    trigram: bool = True  # has a trigram-indexed title
+
+
+_KINDS = {
+    "session": _Kind(
+        "sessions", "t.title", "t.started_at", "t.summary || E'\\n\\n' || t.content",
+        "EXISTS (SELECT 1 FROM session_tags lt JOIN tags g ON g.id = lt.tag_id "
+        "WHERE lt.session_id = t.id AND g.name = {p})",
+    ),
+    "checkpoint": _Kind(
+        "checkpoints", "t.title", "t.checkpoint_at", "t.summary || E'\\n\\n' || t.content",
+        "t.metadata @> jsonb_build_object('tags', jsonb_build_array({p}::text))",
+    ),
+    "pattern": _Kind(
+        "patterns", "t.name", "coalesce(t.last_used_at, t.created_at)", "t.description || E'\\n\\n' || t.content",
+        "EXISTS (SELECT 1 FROM pattern_tags lt JOIN tags g ON g.id = lt.tag_id "
+        "WHERE lt.pattern_id = t.id AND g.name = {p})",
+    ),
+    "message": _Kind(
+        "messages", "coalesce(s.title, t.checkpoint_ref, t.role || ' message')", "coalesce(t.first_seen, s.started_at)",
+        "t.content", "t.metadata @> jsonb_build_object('tags', jsonb_build_array({p}::text))",
+        joins="LEFT JOIN sessions s ON s.id = t.session_id", trigram=False,
+    ),
+}
+
+
+def _where(kind: _Kind, query: SearchQuery) -> str:
+    conds = []
+    if query.submodule:
+        conds.append("t.submodule_id = (SELECT id FROM submodule_registry WHERE name = %(submodule)s)")
+    if query.privacy:
+        conds.append("t.privacy_level = %(privacy)s")
+    if query.since:
+        conds.append(f"{kind.date} >= %(since)s")
+    if query.until:
+        conds.append(f"{kind.date} <= %(until)s")
+    for i in range(len(query.tags)):
+        conds.append(kind.tag_filter.format(p=f"%(tag_{i})s"))
+    return "".join(f" AND {c}" for c in conds)
+
+
+def _params(query: SearchQuery) -> dict[str, Any]:
+    params: dict[str, Any] = {"submodule": query.submodule, "privacy": query.privacy,
+                              "since": query.since, "until": query.until}
+    params.update({f"tag_{i}": tag for i, tag in enumerate(query.tags)})
+    return params
+
+
+def relaxed_text(text: str) -> str:
+    """The websearch query full text runs: the user's own when it uses operators ("phrase", -word, or),
+    else its words OR-ed, so a question matches records that hold most of its words, not only all of them
+    (websearch_to_tsquery ANDs every word; a person's question rarely has all its words in one record)."""
+    if _WEB_OPERATORS.search(text):
+        return text
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:MAX_QUERY_WORDS]
+    return " or ".join(w for w in words if w != "or")
+
+
+def _text_sql(query: SearchQuery, n: int) -> str:
+    """Full-text and trigram candidates of every asked type in one statement: (engine, type, id, score)."""
+    parts = []
+    for name in query.types:
+        kind = _KINDS[name]
+        where = _where(kind, query)
+        # A record matching the user's exact websearch query (all words / the phrase) ranks above one that only
+        # matches some words; among equals, ts_rank_cd (cover density, normalised by log length: flag 1).
+        parts.append(
+            f"""(SELECT 'text' AS engine, '{name}' AS type, t.id,
+                        ts_rank_cd(t.search_vector, q.relaxed, 1)
+                        + CASE WHEN t.search_vector @@ q.strict THEN 1.0 ELSE 0.0 END AS score
+                 FROM {kind.table} t {kind.joins} CROSS JOIN q
+                 WHERE t.search_vector @@ q.relaxed{where}
+                 ORDER BY score DESC LIMIT {n})""")
+        if kind.trigram and WEIGHTS.get("trigram", 0) > 0:
+            parts.append(
+                f"""(SELECT 'trigram' AS engine, '{name}' AS type, t.id, similarity({kind.title}, %(trgm)s) AS score
+                     FROM {kind.table} t {kind.joins}
+                     WHERE {kind.title} %% %(trgm)s{where}
+                     ORDER BY score DESC LIMIT {n})""")
+    return ("WITH q AS (SELECT websearch_to_tsquery('english', %(q)s) AS strict, "
+            "websearch_to_tsquery('english', %(relaxed)s) AS relaxed)\n" + "\nUNION ALL\n".join(parts))
+
+
+def _hydrate_sql(types: Iterable[str]) -> str:
+    parts = []
+    for name in types:
+        kind = _KINDS[name]
+        parts.append(
+            f"""SELECT '{name}', t.id::text, {kind.title}, r.name, {kind.date},
+                       ts_headline('english', left({kind.body}, 20000), q.relaxed, %(hl)s)
+                FROM {kind.table} t {kind.joins}
+                LEFT JOIN submodule_registry r ON r.id = t.submodule_id CROSS JOIN q
+                WHERE t.id = ANY(%({name}_ids)s::uuid[])""")
+    return ("WITH q AS (SELECT websearch_to_tsquery('english', %(relaxed)s) AS relaxed)\n"
+            + "\nUNION ALL\n".join(parts))
+
+
+def _chroma_where(query: SearchQuery) -> dict | None:
+    conds: list[dict] = []
+    if query.submodule:
+        conds.append({"submodule": query.submodule})
+    if query.privacy:
+        conds.append({"privacy_level": query.privacy})
+    if query.since:
+        conds.append({"ts": {"$gte": query.since.timestamp()}})
+    if query.until:
+        conds.append({"ts": {"$lte": query.until.timestamp()}})
+    conds.extend({f"tag:{tag}": True} for tag in query.tags)
+    if not conds:
+        return None
+    return conds[0] if len(conds) == 1 else {"$and": conds}
+
+
+# -- the job ---------------------------------------------------------------------------------------------
+class Searcher:
+    """Runs searches on one store, keeping its connections and the query model warm between calls
+    (the CLI makes one search per process; the benchmark and long-lived callers make many)."""
+
+    def __init__(self, settings: Settings, store=None):
+        from .stores import Store
+
+        self.settings = settings
+        self.store = store or Store(settings)
+        self._own_store = store is None
+        self._conn = None
+        self._cache: Cache | None = None
+        self._embedder = None
+
+    # connections, opened on first use
+    def conn(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = self.store.pg(autocommit=True)
+        return self._conn
+
+    @property
+    def cache(self) -> Cache:
+        if self._cache is None:
+            url = None if self.settings.cache_disabled else self.store.endpoints.redis_url
+            self._cache = LightCache(url)
+        return self._cache
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._cache is not None:
+            self._cache.close()
+        if self._own_store:
+            self.store.close()
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # the search itself
+    def search(self, query: SearchQuery, render: Renderer | None = None, use_cache: bool = True) -> SearchOutcome:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        conn = self.conn()
+        generation = conn.execute(
+            "SELECT data_generation, set_config('pg_trgm.similarity_threshold', %s, false) FROM db_metadata",
+            (str(TRIGRAM_THRESHOLD),),
+        ).fetchone()[0]
+        timings["generation"] = time.perf_counter() - started
+        cache = self.cache if use_cache else Cache(None)
+        from .embed import MODEL_ID
+
+        result_key = cache_key(SEARCH_VERSION, MODEL_ID, generation, query.cache_parts(), WEIGHTS, RRF_K)
+        page_key = cache_key(result_key, render.key) if render is not None else None
+        if page_key is not None:
+            page = cache.get_bytes(page_key)
+            if page is not None:
+                timings["total"] = time.perf_counter() - started
+                return SearchOutcome(None, page.decode("utf-8"), page_cached=True, timings=timings)
+        cached = cache.get_json(result_key)
+        if cached is not None:
+            result = SearchResult.from_dict(cached)
+            result.cache = "hit"
+        else:
+            result = self._run(query, generation, cache, timings)
+            result.cache = "miss" if cache.enabled else "off"
+            cache.set_json(result_key, result.as_dict())
+        result.seconds = round(time.perf_counter() - started, 4)
+        page = None
+        if render is not None:
+            page = render(result)
+            cache.set_bytes(page_key, page.encode("utf-8"))
+        timings["total"] = time.perf_counter() - started
+        return SearchOutcome(result, page, timings=timings)
+
+    def _run(self, query: SearchQuery, generation: int, cache: Cache, timings: dict) -> SearchResult:
+        n = max(MIN_CANDIDATES, CANDIDATE_FACTOR * query.limit)
+        rankings: dict[str, list[tuple[str, str]]] = {}
+        raw: dict[str, dict[tuple[str, str], float]] = {}
+        relaxed = relaxed_text(query.text)
+        if query.mode in ("hybrid", "text"):
+            t0 = time.perf_counter()
+            params = {**_params(query), "q": query.text, "relaxed": relaxed, "trgm": query.text[:200]}
+            for engine, type_, rid, score in self.conn().execute(_text_sql(query, n), params):
+                key = (type_, str(rid))
+                rankings.setdefault(engine, []).append(key)
+                raw.setdefault(engine, {})[key] = float(score)
+            for engine in rankings:
+                rankings[engine].sort(key=lambda k, e=engine: -raw[e][k])
+                rankings[engine] = rankings[engine][:n]
+            timings["text"] = time.perf_counter() - t0
+        if query.mode in ("hybrid", "semantic"):
+            t0 = time.perf_counter()
+            vector = self._query_vector(query.text, cache)
+            timings["embed"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            found = self._vector_candidates(query, vector, n)
+            rankings["semantic"] = [key for key, _ in found]
+            raw["semantic"] = dict(found)
+            timings["semantic"] = time.perf_counter() - t0
+        fused = weighted_rrf(rankings, WEIGHTS, RRF_K)[: query.limit]
+        t0 = time.perf_counter()
+        details = self._hydrate([f.key for f in fused], relaxed)
+        timings["hydrate"] = time.perf_counter() - t0
+        hits = []
+        for f in fused:
+            row = details.get(f.key)
+            if row is None:  # a vector whose row is gone (deleted since): not an answer
+                continue
+            title, submodule, date, headline = row
+            snippet, spans = _highlights(headline)
+            scores = {e: {"rank": r, "score": round(raw[e][f.key], 6)} for e, r in f.ranks.items()}
+            hits.append(Hit(len(hits) + 1, f.key[0], f.key[1], _one_line(title), submodule,
+                            date.isoformat() if date else None, snippet, spans, round(f.score, 6), scores))
+        return SearchResult(query.text, query.mode, query.filters(), query.limit, generation, hits,
+                            {e: len(r) for e, r in rankings.items()})
+
+    def _query_vector(self, text: str, cache: Cache) -> list[float]:
+        from .embed import MODEL_ID, QueryEmbedder
+
+        key = cache_key("query-vector", MODEL_ID, text)
+        blob = cache.get_bytes(key)
+        if blob is not None:
+            return array("f", blob).tolist()
+        if self._embedder is None:
+            self._embedder = QueryEmbedder(self.settings.models_path)
+        vector = self._embedder.embed(text)
+        cache.set_bytes(key, array("f", vector).tobytes(), ttl=7 * 86400)
+        return vector
+
+    def _vector_candidates(self, query: SearchQuery, vector: list[float], n: int) -> list[tuple[tuple[str, str], float]]:
+        """Chroma's nearest chunks per type, collapsed to records (best chunk), as (key, cosine similarity)."""
+        from .stores.chroma import COLLECTIONS, ChromaHTTPError, record_id_of
+
+        where = _chroma_where(query)
+        best: dict[tuple[str, str], float] = {}
+        for name in query.types:
+            try:
+                answer = self.store.chroma.query(COLLECTIONS[name], vector, n_results=n * CHUNK_FANOUT, where=where,
+                                                 include=("distances",))
+            except ChromaHTTPError as exc:
+                if exc.status in (400, 404):  # collection not created yet: nothing to find there
+                    continue
+                raise
+            for vid, distance in zip((answer.get("ids") or [[]])[0], (answer.get("distances") or [[]])[0]):
+                key = (name, record_id_of(vid))
+                similarity = 1.0 - float(distance)
+                if similarity > best.get(key, -2.0):
+                    best[key] = similarity
+        return sorted(best.items(), key=lambda kv: -kv[1])[:n]
+
+    def _hydrate(self, keys: list[tuple[str, str]], relaxed: str) -> dict[tuple[str, str], tuple]:
+        if not keys:
+            return {}
+        types = [t for t in TYPES if any(k[0] == t for k in keys)]
+        params: dict[str, Any] = {"relaxed": relaxed, "hl": _HEADLINE_OPTS}
+        for t in types:
+            params[f"{t}_ids"] = [k[1] for k in keys if k[0] == t]
+        rows = self.conn().execute(_hydrate_sql(types), params).fetchall()
+        return {(t, rid): (title, sub, date, headline) for t, rid, title, sub, date, headline in rows}
+
+
+def _one_line(text: str | None, width: int = 200) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _highlights(headline: str | None) -> tuple[str, list[list[int]]]:
+    """ts_headline's marked text -> plain one-line snippet (Markdown markers dropped, at most SNIPPET_CHARS)
+    + the [start, end) spans to highlight."""
+    flat = " ".join(_MARKUP.sub(" ", headline or "").split())
+    out: list[str] = []
+    spans: list[list[int]] = []
+    pos = 0
+    start = None
+    for ch in flat:
+        if ch == _HL_START:
+            start = pos
+        elif ch == _HL_STOP:
+            if start is not None and pos > start:
+                spans.append([start, pos])
+            start = None
+        else:
+            out.append(ch)
+            pos += 1
+    text = "".join(out)
+    if len(text) > SNIPPET_CHARS:
+        text = text[: SNIPPET_CHARS - 1].rstrip() + "…"
+        spans = [[a, min(b, len(text) - 1)] for a, b in spans if a < len(text) - 1]
+    return text, spans
+
+
+def search(settings: Settings, query: SearchQuery, render: Renderer | None = None,
+           use_cache: bool = True) -> SearchOutcome:
+    """One search on the configured store (the CLI's job function)."""
+    with Searcher(settings) as searcher:
+        return searcher.search(query, render=render, use_cache=use_cache)
+
+
+# -- a cache client that costs nothing to import ------------------------------------------------------------
+class LightCache(Cache):
+    """stores.cache.Cache over a minimal RESP client for plain redis:// URLs (GET and SET are all search uses).
+
+    Importing redis-py costs 0.15-0.3 s here (asyncio, OpenTelemetry), as much as the rest of a cached search.
+    Other URL schemes (rediss://, unix://) fall back to redis-py. Errors still turn the cache off quietly.
+    """
+
+    def _redis(self):
+        if self._client is None:
+            parts = urlsplit(self.url or "")
+            if parts.scheme != "redis":
+                return super()._redis()
+            self._client = _Resp(parts, self.timeout)
+        return self._client
+
+
+class _RespError(Exception):
+    pass
+
+
+class _Resp:
+    def __init__(self, parts, timeout: float):
+        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb")
+        if parts.password:
+            args = [unquote(parts.username), unquote(parts.password)] if parts.username else [unquote(parts.password)]
+            self._call(b"AUTH", *args)
+        db = parts.path.strip("/")
+        if db and db != "0":
+            self._call(b"SELECT", db)
+
+    def _call(self, *args) -> Any:
+        out = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+    def _read(self) -> Any:
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise _RespError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            data = self.reader.read(size + 2)
+            return data[:-2]
+        if kind == b"*":
+            return [self._read() for _ in range(max(0, int(rest)))]
+        raise _RespError(f"unexpected reply {line[:20]!r}")
+
+    def get(self, key: str) -> bytes | None:
+        return self._call(b"GET", key)
+
+    def set(self, key: str, value: bytes, ex: int | None = None) -> Any:
+        return self._call(b"SET", key, value, b"EX", ex) if ex else self._call(b"SET", key, value)
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+            self.sock.close()
+        except OSError:
+            pass
