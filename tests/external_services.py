@@ -279,7 +279,10 @@ def prepare_roles(server: PgServer, ca: Path) -> None:
         conn.execute(f"CREATE DATABASE {DB} OWNER ctx_owner")
     with psycopg.connect(server.url(ADMIN, sslrootcert=ca), autocommit=True) as conn:
         conn.execute("ALTER SCHEMA public OWNER TO ctx_owner")
-        conn.execute(f"REVOKE CREATE ON DATABASE {DB} FROM PUBLIC")
+        # Nothing through PUBLIC: each role holds exactly the grants the README lists.
+        conn.execute(f"REVOKE ALL ON DATABASE {DB} FROM PUBLIC")
+        conn.execute(f"GRANT CONNECT ON DATABASE {DB} TO ctx_writer, ctx_reader")
+        conn.execute(f"GRANT TEMPORARY ON DATABASE {DB} TO ctx_writer")  # migrate stages rows in temp tables
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute("GRANT USAGE ON SCHEMA public TO ctx_writer, ctx_reader")
         conn.execute("ALTER DEFAULT PRIVILEGES FOR ROLE ctx_owner IN SCHEMA public "

