@@ -150,6 +150,12 @@ def read_sources(paths: Iterable[Path], submodule: str | None, report: MigrateRe
         from .errors import UsageError
 
         raise UsageError(f"Two sources would share the name {dup[0]!r}", hint="Migrate them separately with --submodule NAME.")
+    fill_batch(batch, report, on_progress)
+    return batch
+
+
+def fill_batch(batch: Batch, report: MigrateReport, on_progress: Progress | None = None) -> None:
+    """Read every source of `batch` and keep one record per identity (first source wins)."""
     for n, source in enumerate(batch.sources):
         if on_progress:
             on_progress("read", n, len(batch.sources))
@@ -165,7 +171,6 @@ def read_sources(paths: Iterable[Path], submodule: str | None, report: MigrateRe
             msg.session_identity = identity
             msg.checkpoint_ref = msg.checkpoint_ref or session.checkpoint_ref
             _take_message(batch, src, msg, report, session.source_path)
-    return batch
 
 
 def _single_mc(path) -> bool:
@@ -226,7 +231,7 @@ def redact_batch(batch: Batch, report: MigrateReport) -> list[tuple]:
         if counts:
             report.redacted_records += 1
             report.redactions.update(counts)
-            audits.append((kind, record.identity, json.dumps(counts, sort_keys=True), _privacy(record.privacy_level), path))
+            audits.append((kind, record.identity, json.dumps(counts, sort_keys=True), _privacy(getattr(record, "privacy_level", None)), path))
 
     for _src, rec in batch.checkpoints.values():
         one("checkpoint", rec, rec.source_path)
@@ -385,6 +390,11 @@ _UPSERT = {
 }
 
 
+def _pattern_body(p: PatternRecord) -> str:
+    body = p.metadata.get("template") or p.metadata.get("content") or ""
+    return body if isinstance(body, str) else _j(body)
+
+
 def _rows(batch: Batch) -> dict[str, list[tuple]]:
     rows: dict[str, list[tuple]] = {k: [] for k in TYPES}
     for identity, (src, c) in batch.checkpoints.items():
@@ -406,9 +416,9 @@ def _rows(batch: Batch) -> dict[str, list[tuple]]:
             _tags(s.tags)))
     for identity, (src, p) in batch.patterns.items():
         rows["pattern"].append((
-            identity, src, p.name, p.pattern_type or "general", p.description, p.metadata.get("content", "") or "",
+            identity, src, p.name, p.pattern_type or "general", p.description, _pattern_body(p),
             max(0, int(p.usage_count or 0)), _privacy(p.privacy_level), _j(p.metadata), p.source_path,
-            p.source_sha256 or None, content_hash("pattern", p.name, p.description, p.metadata.get("content", "") or ""),
+            p.source_sha256 or None, content_hash("pattern", p.name, p.description, _pattern_body(p)),
             _tags(p.tags)))
     for identity, (src, m) in batch.messages.items():
         role = m.role if m.role in ("user", "assistant", "tool", "system") else "assistant"
@@ -422,13 +432,27 @@ def _rows(batch: Batch) -> dict[str, list[tuple]]:
     return rows
 
 
+# where the source name and content_sha256 stand in each kind's staged row
+_SRC_COLUMN = {"checkpoint": 2, "session": 1, "pattern": 1, "message": 1}
+_SHA_COLUMN = {"checkpoint": 15, "session": 16, "pattern": 11, "message": 14}
+
+
+def record_hashes(batch: Batch) -> dict[tuple[str, str], dict[str, str]]:
+    """identity -> content_sha256 per (source, kind): what the store should hold for this batch."""
+    out: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for kind, rows in _rows(batch).items():
+        for row in rows:
+            out[(row[_SRC_COLUMN[kind]], kind)][row[0]] = row[_SHA_COLUMN[kind]]
+    return out
+
+
 def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) -> bool:
     """Stage and upsert everything in the caller's transaction; return whether anything changed."""
     changed = False
     for source in batch.sources:
         conn.execute(
-            """INSERT INTO submodule_registry (name, repo_path, memory_context_path, last_migrated_at)
-               VALUES (%s, %s, %s, now())
+            """INSERT INTO submodule_registry (name, repo_path, memory_context_path, last_migrated_at, created_at)
+               VALUES (%s, %s, %s, now(), clock_timestamp())
                ON CONFLICT (name) DO UPDATE SET repo_path = EXCLUDED.repo_path,
                    memory_context_path = EXCLUDED.memory_context_path, last_migrated_at = now()""",
             (source.name, str(source.root), str(source.memory_context)),

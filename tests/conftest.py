@@ -69,7 +69,11 @@ def _short_tmp(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """One ONNX export per test run, shared by every store the tests make."""
-    return _short_tmp("ctx-models-")
+    from coditect_ctx.embed import ensure_onnx
+
+    path = _short_tmp("ctx-models-")
+    ensure_onnx(path)
+    return path
 
 
 def _start(settings: Settings, models: Path | None):

@@ -13,6 +13,7 @@ from .common import JsonOpt, settings
 
 def register(app: typer.Typer) -> None:
     app.command()(migrate)
+    app.command()(validate)
 
 
 def migrate(
@@ -69,3 +70,56 @@ def _render(report) -> None:
                   f"not embedded: {report.not_embedded}", markup=False)
     if report.embed_error:
         output.note(f"warning: {report.embed_error}")
+
+
+def validate(
+    ctx: typer.Context,
+    repair: Annotated[bool, typer.Option("--repair", help="Re-embed, delete orphan vectors and re-link what PostgreSQL can mend.")] = False,
+    files: Annotated[bool, typer.Option("--files/--no-files", help="Also compare with the source files (default) or only PostgreSQL with Chroma.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prove the files, PostgreSQL and Chroma agree. Exit 0 only when they all do (5 otherwise)."""
+    from ..validate import run_validate
+
+    def body() -> int:
+        report = run_validate(settings(ctx), repair=repair, files=files)
+        if repair and not report.ok:
+            report = _recheck(ctx, report, files)
+        if json_out:
+            output.emit_json(report.as_dict())
+        else:
+            _render_validate(report)
+        return report.exit_code
+
+    output.run(body, json_out)
+
+
+def _recheck(ctx, repaired, files):
+    """After a repair, the verdict is the state now, with the list of what was done."""
+    from ..validate import run_validate
+
+    after = run_validate(settings(ctx), repair=False, files=files)
+    after.repaired, after.unrepairable = repaired.repaired, repaired.unrepairable
+    return after
+
+
+def _render_validate(report) -> None:
+    out = output.console()
+    rows = []
+    for r in report.rows:
+        issues = [f"{n} {label}" for n, label in (
+            (r.only_in_files, "only in files"), (r.only_in_postgres, "only in postgres"), (r.content_differs, "content differs"),
+            (r.not_embedded, "not embedded"), (r.orphan_vectors, "orphan vectors"), (r.wrong_vector_count, "wrong vector count"),
+            (r.stale_vectors, "stale vectors")) if n]
+        if r.checksum_match is False and not issues:
+            issues.append("checksum differs")
+        rows.append([r.source, r.kind, "-" if r.files is None else r.files, r.postgres, r.chroma_records,
+                     r.chroma_vectors, "ok" if r.ok else "; ".join(issues)])
+    out.print(output.table("validate: " + ("all agree" if report.ok else "DISAGREEMENT"),
+                           ["source", "type", "files", "postgres", "embedded", "vectors", "verdict"], rows))
+    for p in report.problems:
+        out.print(f"problem: {p}", markup=False)
+    for r in report.repaired:
+        out.print(f"repaired: {r}", markup=False)
+    for u in report.unrepairable:
+        out.print(f"not repaired: {u}", markup=False)

@@ -43,14 +43,31 @@ def resolve_runtime_name(settings: Settings, probe: bool = True) -> str:
         return recorded
     if settings.pg_url or settings.chroma_url:
         return "external"
-    if probe:
-        try:
-            from .docker import docker_available
-        except ImportError:
-            return "local"
-        if docker_available(settings):
-            return "docker"
+    if probe and docker_usable(settings):
+        return "docker"
     return "local"
+
+
+def docker_usable(settings: Settings) -> bool:
+    """An engine answers and has the configured images: auto never chooses a runtime that would need a pull."""
+    try:
+        from .docker import container_specs, docker_available
+    except ImportError:
+        return False
+    if not docker_available(settings):
+        return False
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        try:
+            for spec in container_specs(settings).values():
+                client.images.get(spec.image)
+        finally:
+            client.close()
+    except Exception:
+        return False
+    return True
 
 
 def get_runtime(settings: Settings, probe: bool = True) -> Runtime:
