@@ -226,7 +226,7 @@ def test_read_only_role_runs_health_status_and_reads_but_cannot_write(services, 
 
 
 def test_migrate_as_writer_then_search_as_read_only_role_with_the_acl_cache(services, home):
-    """migrate needs only DML, search only SELECT; the second identical search is served by Redis (ACL user)."""
+    """migrate needs only DML (+ TEMPORARY), search and show only SELECT; the second identical search is served by Redis (ACL user)."""
     migrated = ctx(services, home, "migrate", str(SAMPLES / "coditect-demo"), "--json", role="ctx_writer")
     assert migrated.exit_code == 0, migrated.stderr + migrated.stdout
     with psycopg.connect(services.pg.url("ctx_reader", sslrootcert=services.ca)) as conn:
@@ -240,6 +240,10 @@ def test_migrate_as_writer_then_search_as_read_only_role_with_the_acl_cache(serv
     second = json.loads(ctx(services, home, "search", query, "--json", role="ctx_reader").stdout)
     assert (first_data["cache"], second["cache"]) == ("miss", "hit")
     assert [h["id"] for h in second["results"]] == [h["id"] for h in first_data["results"]]
+    top = first_data["results"][0]
+    shown = ctx(services, home, "show", top["id"], "--json", role="ctx_reader")
+    assert shown.exit_code == 0, shown.stderr
+    assert top["id"] in shown.stdout
     health = json.loads(ctx(services, home, "health", "--json", role="ctx_reader").stdout)
     drift = [c for c in health["checks"] if c["name"] == "drift"][0]
     assert drift["status"] == "OK"  # every migrated row has its vectors in the token-guarded Chroma

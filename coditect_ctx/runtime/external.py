@@ -301,7 +301,8 @@ def choose_pg_client(tool: str, server_major: int, pg_bin: str) -> list[tuple[Pa
     candidates = [(path, client_major(path)) for path in pg_client_candidates(tool, pg_bin)]
     if tool == "psql":
         return candidates
-    fit = [(p, m) for p, m in candidates if m >= server_major]
+    # Newest first: a newer pg_restore also reads a dump a newer pg_dump made (a store moved from the local runtime).
+    fit = sorted(((p, m) for p, m in candidates if m >= server_major), key=lambda pm: -pm[1])
     if not fit:
         seen = ", ".join(f"{p} is {m}" for p, m in candidates)
         raise ServiceError(
