@@ -17,6 +17,7 @@ stale, and the next run redoes exactly that batch.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -127,24 +128,9 @@ def embed_pending(
             if on_progress:
                 on_progress(kind, 0, total)
             collection = COLLECTIONS[kind]
-            for start in range(0, total, BATCH_RECORDS):
-                batch = rows[start:start + BATCH_RECORDS]
-                ids, docs, metas, owners = [], [], [], []
-                counts: dict[str, int] = {}
-                for (rid, title, summary, content, sha, submodule, ts, privacy, old_chunks, mkind, tags) in batch:
-                    pieces = chunks_for(kind, embed_text(kind, title or "", summary or "", content or ""), mkind)
-                    counts[rid] = len(pieces)
-                    for n, piece in enumerate(pieces):
-                        ids.append(vector_id(rid, n))
-                        docs.append(piece)
-                        metas.append(vector_metadata(
-                            record_type=kind, record_id=rid, chunk=n, submodule=submodule or "", title=title or "",
-                            timestamp=float(ts) if ts is not None else None, privacy_level=privacy,
-                            tags=list(tags or []), content_sha256=sha))
-                        result.texts_chars += len(piece)
-                vectors = embed_documents(docs, models) if docs else []
-                stale = [rid for (rid, *_rest, old_chunks, _mk, _tags) in
-                         [(r[0], r[8], r[9], r[10]) for r in batch] if old_chunks]
+
+            def write(batch, ids, vectors, metas, docs, counts, kind=kind, collection=collection):
+                stale = [r[0] for r in batch if r[8]]  # rows that had vectors before: drop them first
                 if stale:
                     store.chroma.delete(collection, where={"record_id": {"$in": stale}})
                 if ids:
@@ -156,10 +142,37 @@ def embed_pending(
                             f"WHERE id = %s AND content_sha256 = %s",
                             [(r[4], counts[r[0]], r[0], r[4]) for r in batch],
                         )
-                done += len(batch)
-                result.records += len(batch)
-                result.vectors += len(ids)
-                result.per_kind[kind] = result.per_kind.get(kind, 0) + len(batch)
-                if on_progress:
-                    on_progress(kind, done, total)
+                return len(batch)
+
+            # The model is the bottleneck: while it embeds batch N+1, one writer thread stores batch N.
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                in_flight = None
+                for start in range(0, total, BATCH_RECORDS):
+                    batch = rows[start:start + BATCH_RECORDS]
+                    ids, docs, metas = [], [], []
+                    counts: dict[str, int] = {}
+                    for (rid, title, summary, content, sha, submodule, ts, privacy, _old, mkind, tags) in batch:
+                        pieces = chunks_for(kind, embed_text(kind, title or "", summary or "", content or ""), mkind)
+                        counts[rid] = len(pieces)
+                        for n, piece in enumerate(pieces):
+                            ids.append(vector_id(rid, n))
+                            docs.append(piece)
+                            metas.append(vector_metadata(
+                                record_type=kind, record_id=rid, chunk=n, submodule=submodule or "", title=title or "",
+                                timestamp=float(ts) if ts is not None else None, privacy_level=privacy,
+                                tags=list(tags or []), content_sha256=sha))
+                            result.texts_chars += len(piece)
+                    vectors = embed_documents(docs, models) if docs else []
+                    if in_flight is not None:
+                        done += in_flight.result()
+                        if on_progress:
+                            on_progress(kind, done, total)
+                    in_flight = writer.submit(write, batch, ids, vectors, metas, docs, counts)
+                    result.records += len(batch)
+                    result.vectors += len(ids)
+                    result.per_kind[kind] = result.per_kind.get(kind, 0) + len(batch)
+                if in_flight is not None:
+                    done += in_flight.result()
+                    if on_progress:
+                        on_progress(kind, done, total)
     return result
