@@ -9,6 +9,7 @@ marked not embedded, the cache generation is bumped, and the restored store is c
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,8 @@ from .stores import Store
 from .stores import postgres as pg
 from .stores.chroma import COLLECTIONS, Chroma
 
-UPSERT_BATCH = 1000  # <= Chroma's limit of 5000; smaller keeps each request a few MB
+UPSERT_BATCH = 1000  # <= Chroma's limit of 5000 ids; and the server refuses large bodies (HTTP 413):
+UPSERT_BYTES = 8_000_000  # so a batch is also cut at about 8 MB of JSON
 DATA_TABLES = ("sessions", "checkpoints", "patterns", "messages", "submodule_registry", "tags", "privacy_audit",
                "context_loads")
 
@@ -147,13 +149,15 @@ def restore_chroma(chroma: Chroma, folder: Path, manifest: dict, prefix: str, pr
         if name not in collections:
             continue
         batch: list[tuple] = []
+        size = 0
         for item in read_vectors(folder / collections[name]["file"]):
             batch.append(item)
-            if len(batch) >= UPSERT_BATCH:
+            size += len(item[1] or "") * 2 + len(json.dumps(item[2])) + 22 * len(item[3])
+            if len(batch) >= UPSERT_BATCH or size >= UPSERT_BYTES:
                 _upsert(chroma, target, batch)
                 done += len(batch)
                 progress("restoring vectors", done, total)
-                batch = []
+                batch, size = [], 0
         if batch:
             _upsert(chroma, target, batch)
             done += len(batch)
