@@ -31,7 +31,7 @@ from typing import Callable
 
 from . import __version__
 from .config import Settings
-from .errors import DataError, UsageError
+from .errors import ConfigError, DataError, UsageError
 from .stores import Store
 from .stores import postgres as pg
 from .stores.chroma import COLLECTIONS
@@ -171,12 +171,26 @@ def create_backup(
 ) -> BackupResult:
     """Dump PostgreSQL, export the matching Chroma vectors, write the manifest, then publish by rename."""
     root = Path(dest) if dest else settings.backups_path
-    root.mkdir(parents=True, exist_ok=True)
     started = utc_now()
-    name = _new_name(root, started)
-    partial = root / f".{name}.partial"
-    partial.mkdir(mode=0o700)
-    (partial / CHROMA_DIR).mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        name = _new_name(root, started)
+        partial = root / f".{name}.partial"
+        partial.mkdir(mode=0o700)
+        (partial / CHROMA_DIR).mkdir()
+    except OSError as exc:
+        raise ConfigError(f"Cannot write backups to {root}: {exc.strerror or exc}",
+                          hint="Choose a writable folder with --dest or CTX_BACKUP_DIR.") from exc
+    try:
+        return _write_backup(settings, root, name, partial, started, report, progress)
+    except BaseException:
+        # a failed backup removes its own traces; only a killed one leaves a partial folder (prune clears it)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _write_backup(settings: Settings, root: Path, name: str, partial: Path, started: datetime,
+                  report: Report, progress: Progress) -> BackupResult:
     with Store(settings) as store:
         manifest: dict = {
             "format": FORMAT, "name": name, "ctx_version": __version__, "started_at": iso(started),

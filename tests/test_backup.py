@@ -488,6 +488,9 @@ def test_prune_command_on_synthetic_backups(cli, tmp_path):
     result = cli(settings, *args, "--yes")
     assert result.exit_code == 0, result.stdout + result.stderr
     assert sorted(p.name for p in root.iterdir()) == sorted([made[0].name, made[1].name, fresh_partial.name])
+    listed = json.loads(cli(settings, "backup", "--dest", str(root), "list", "--json").stdout)
+    assert [(b["name"], b["complete"]) for b in listed] == [(made[0].name, True), (made[1].name, True),
+                                                             (fresh_partial.name, False)]
 
 
 # -- health reads the manifest ----------------------------------------------------------------------------
@@ -548,3 +551,11 @@ def test_migrated_demo_survives_backup_and_restore(fresh_stack, cli):
         assert pg_snapshot(store) == rows_before
         assert_same_vectors(chroma_snapshot(store), vectors_before)
         assert consistency_problems(store) == []
+
+
+def test_backup_to_an_unwritable_place_fails_cleanly(stack, cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli(stack, "backup", "--dest", str(blocker / "backups"))
+    assert result.exit_code == 2 and "Cannot write backups" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -55,6 +55,8 @@ def _note(json_out: bool):
 def backup(ctx: typer.Context, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
     """Take a backup now: one folder named by UTC time, published only when complete. Made for cron."""
     if ctx.invoked_subcommand is not None:
+        if dest:  # `ctx backup --dest DIR list` means the same as `ctx backup list --dest DIR`
+            ctx.ensure_object(dict)["backup_dir"] = str(dest)
         return
     from ..backup import create_backup
 
