@@ -59,7 +59,17 @@ def chroma_ready(base_url: str, token: str | None = None, timeout: float = 2.0) 
 
 
 def redis_info(url: str, timeout: float = 3.0) -> str:
-    """PING, then the server version. Raises redis.RedisError / OSError when it cannot."""
+    """PING, then the server version. Raises redis.RedisError / OSError when it cannot.
+
+    Plain redis:// is spoken directly (three RESP commands on one socket): importing redis-py costs more than
+    the whole check. TLS and anything unusual go through redis-py."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "redis" and not parts.query:
+        return _redis_info_raw(parts.hostname or "127.0.0.1", parts.port or 6379,
+                               unquote(parts.username) if parts.username else None,
+                               unquote(parts.password) if parts.password else None, timeout)
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -76,3 +86,36 @@ def redis_ready(url: str, timeout: float = 1.0) -> bool:
         return True
     except Exception:
         return False
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        data = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _redis_info_raw(host: str, port: int, user: str | None, password: str | None, timeout: float) -> str:
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        stream = sock.makefile("rb")
+        if password:
+            sock.sendall(_resp("AUTH", *([user] if user else []), password))
+            reply = stream.readline()
+            if not reply.startswith(b"+OK"):
+                raise ConnectionError(f"redis AUTH failed: {reply.decode(errors='replace').strip()}")
+        sock.sendall(_resp("PING") + _resp("INFO", "server"))
+        reply = stream.readline()
+        if not reply.startswith(b"+PONG"):
+            raise ConnectionError(f"redis PING answered {reply.decode(errors='replace').strip()}")
+        header = stream.readline()
+        if not header.startswith(b"$"):
+            raise ConnectionError(f"redis INFO answered {header.decode(errors='replace').strip()}")
+        body = stream.read(int(header[1:]) + 2).decode(errors="replace")
+    for line in body.splitlines():
+        if line.startswith("redis_version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
