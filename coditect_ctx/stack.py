@@ -31,7 +31,7 @@ class SetupResult:
 
 def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: bool = True) -> SetupResult:
     """Start what is not running, wait for it, apply the schema, create collections. Idempotent."""
-    name = resolve_runtime_name(settings)
+    name = resolve_runtime_name(settings, report=report)
     if name != "external":  # external: the operator's URLs carry every password; nothing generated may override them
         settings = ensure_secrets(settings)
     runtime = get_runtime(replace(settings, runtime=name))

@@ -72,6 +72,7 @@ def _render_status(data: dict) -> None:
     rows = [[s["name"], s["runtime"], s["address"], "up" if s["running"] else "down", s["version"] or "-", s["detail"]]
             for s in data["services"]]
     out.print(output.table(f"ctx store at {data['home']}", ["service", "runtime", "address", "state", "version", "note"], rows))
+    _render_containers(data["services"])
     schema = data["schema"]
     out.print(f"\nschema version: {schema['version'] if schema['version'] is not None else '-'} (latest {schema['latest']})"
               f"    database size: {output.human_bytes(data['database_size'])}", markup=False)
@@ -84,6 +85,21 @@ def _render_status(data: dict) -> None:
         out.print(output.table("\nchroma collections", ["collection", "embeddings"], rows))
     for err in data["errors"]:
         output.note(f"warning: {err}")
+
+
+def _render_containers(services: list[dict]) -> None:
+    """The docker runtime's containers and volumes, when there are any (image and health are in the table above)."""
+    if not any(s.get("extra", {}).get("container") for s in services):
+        return
+    rows = []
+    for s in services:
+        extra = s.get("extra", {})
+        notes = [f"{extra['restart_count']} restarts"] if extra.get("restart_count") else []
+        if extra.get("spec_current") is False:
+            notes.append("settings changed: `ctx setup` recreates it")
+        rows.append([s["name"], extra.get("container") or "-", ", ".join(extra.get("ports") or []) or "-",
+                     ", ".join(extra.get("volumes") or []) or "-", "; ".join(notes)])
+    output.console().print(output.table("\ncontainers", ["service", "container", "ports", "volumes", "note"], rows))
 
 
 def down(

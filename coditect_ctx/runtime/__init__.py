@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..config import Settings
 from ..errors import ConfigError
@@ -35,7 +36,7 @@ def record_runtime(settings: Settings, name: str) -> None:
     os.replace(tmp, _state_file(settings))
 
 
-def resolve_runtime_name(settings: Settings, probe: bool = True) -> str:
+def resolve_runtime_name(settings: Settings, probe: bool = True, report: Callable[[str], None] | None = None) -> str:
     if settings.runtime != "auto":
         return settings.runtime
     recorded = recorded_runtime(settings)
@@ -43,31 +44,27 @@ def resolve_runtime_name(settings: Settings, probe: bool = True) -> str:
         return recorded
     if settings.pg_url or settings.chroma_url:
         return "external"
-    if probe and docker_usable(settings):
+    if probe and docker_usable(settings, report):
         return "docker"
     return "local"
 
 
-def docker_usable(settings: Settings) -> bool:
-    """An engine answers and has the configured images: auto never chooses a runtime that would need a pull."""
+def docker_usable(settings: Settings, report: Callable[[str], None] | None = None) -> bool:
+    """An engine answers and has the configured images: auto never chooses a runtime that would need a pull.
+
+    When an engine answers but lacks images, `report` gets one line saying so (setup shows it), since an
+    operator who has Docker running would otherwise wonder why auto chose local.
+    """
     try:
-        from .docker import container_specs, docker_available
+        from .docker import missing_images
     except ImportError:
         return False
-    if not docker_available(settings):
-        return False
-    try:
-        import docker
-
-        client = docker.from_env(timeout=5)
-        try:
-            for spec in container_specs(settings).values():
-                client.images.get(spec.image)
-        finally:
-            client.close()
-    except Exception:
-        return False
-    return True
+    missing = missing_images(settings)
+    if missing and report is not None:
+        them = "it" if len(missing) == 1 else "them"
+        report(f"runtime: auto chose local: the Docker engine answers but has no image {', '.join(missing.values())}"
+               f" (ctx never pulls: `docker pull` {them}, or name others with {', '.join(missing)})")
+    return missing == {}
 
 
 def get_runtime(settings: Settings, probe: bool = True) -> Runtime:

@@ -189,6 +189,29 @@ def docker_available(settings: Settings | None = None, timeout: float = 0.8) -> 
         return False
 
 
+def missing_images(settings: Settings) -> dict[str, str] | None:
+    """The configured images this engine lacks, by setting name ({} when it has them all); None when no engine
+    answers. `--runtime auto` chooses docker only when nothing would need a pull (ctx never pulls)."""
+    if not docker_available(settings):
+        return None
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        try:
+            missing = {}
+            for service, spec in container_specs(settings).items():
+                try:
+                    client.images.get(spec.image)
+                except docker.errors.ImageNotFound:
+                    missing[env_name(IMAGE_SETTINGS[service])] = spec.image
+            return missing
+        finally:
+            client.close()
+    except Exception:  # an engine we cannot ask (TLS, API version, a broken SDK) is an engine auto does not use
+        return None
+
+
 def _sdk_ping(timeout: float) -> bool:
     try:
         import docker
@@ -544,8 +567,8 @@ class DockerRuntime(Runtime):
         pending = ""
         for chunk in container.logs(stream=True, follow=follow, tail=lines):
             pending += chunk.decode("utf-8", "replace")
-            *lines, pending = pending.split("\n")
-            yield from lines
+            *complete, pending = pending.split("\n")
+            yield from complete
         if pending:
             yield pending
 
