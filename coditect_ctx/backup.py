@@ -12,8 +12,9 @@ no snapshot, so only the vectors of those rows are taken, fetched by id, and onl
 carries the row's hash (`sha` metadata). Rows whose vectors moved on meanwhile are listed in the manifest as
 `not_embedded`; restore marks them not embedded, and `ctx validate --repair` embeds them again.
 
-The folder is written as `.<name>.partial` and renamed when complete, so a crash never leaves a backup that
-looks whole; `newest_backup` in health and `list_backups` here only count folders with a valid manifest.
+The folder is written as `.<name>.partial` and renamed when complete, its manifest last of all, so a crash never
+leaves a backup that looks whole; `newest_backup` in health and `list_backups` here only count folders with a
+manifest (and list, verify and restore check its checksum).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .stores.chroma import COLLECTIONS
 
 FORMAT = "ctx-backup/1"
 MANIFEST = "manifest.json"
+PENDING_MANIFEST = "manifest.json.pending"  # its name until the folder has its final name
 VERIFIED = "verified.json"
 DUMP_FILE = "postgres.dump"
 CHROMA_DIR = "chroma"
@@ -80,9 +82,9 @@ def manifest_checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
+def write_manifest(folder: Path, manifest: dict, filename: str = MANIFEST) -> None:
     manifest = {**manifest, "checksum": manifest_checksum(manifest)}
-    _write_durably(folder / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    _write_durably(folder / filename, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_manifest(folder: Path) -> dict:
@@ -208,11 +210,15 @@ def _write_backup(settings: Settings, root: Path, name: str, partial: Path, star
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
     manifest["ended_at"] = iso(utc_now())
-    write_manifest(partial, manifest)
+    # Publish in two renames: the folder gets its final name, then the manifest its name. Whatever moment a
+    # crash picks, no folder ever holds a manifest.json (what list, restore and health look for) too early.
+    write_manifest(partial, manifest, PENDING_MANIFEST)
     _fsync_dir(partial / CHROMA_DIR)
     _fsync_dir(partial)
     final = root / name
     os.rename(partial, final)
+    os.rename(final / PENDING_MANIFEST, final / MANIFEST)
+    _fsync_dir(final)
     _fsync_dir(root)
     size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
     report(f"backup: {final} complete ({size} bytes)")
@@ -355,6 +361,7 @@ class BackupInfo:
     verified: bool | None = None
     verified_at: str | None = None
     problem: str = ""
+    unfinished: bool = False  # interrupted before it was published: prune removes it after a day
 
     def as_dict(self, now: datetime | None = None) -> dict:
         out = asdict(self)
@@ -380,7 +387,9 @@ def list_backups(root: Path) -> list[BackupInfo]:
         if not path.is_dir() or not (_NAME.match(path.name) or _PARTIAL.match(path.name)):
             continue
         info = BackupInfo(path.name, path, False, None, _folder_size(path))
-        if _NAME.match(path.name):
+        if _NAME.match(path.name) and not (path / MANIFEST).exists():
+            info.problem, info.unfinished = "unfinished (no manifest)", True
+        elif _NAME.match(path.name):
             try:
                 manifest = load_manifest(path)
                 info.ended_at = parse_iso(manifest["ended_at"])
@@ -388,7 +397,7 @@ def list_backups(root: Path) -> list[BackupInfo]:
             except Exception as exc:  # listed, flagged, never trusted
                 info.problem = getattr(exc, "message", str(exc))
         else:
-            info.problem = "partial (unfinished or interrupted)"
+            info.problem, info.unfinished = "partial (unfinished or interrupted)", True
         try:
             state = json.loads((path / VERIFIED).read_text())
             info.verified, info.verified_at = bool(state.get("ok")), state.get("verified_at")
@@ -444,14 +453,15 @@ def prune_backups(
     root: Path, keep_daily: int, keep_weekly: int, keep_monthly: int, dry_run: bool = False,
     now: datetime | None = None, report: Report = _quiet,
 ) -> PrunePlan:
-    """Apply `plan_prune` to the complete backups under `root`; also remove partial folders older than a day."""
+    """Apply `plan_prune` to the complete backups under `root`; also remove unfinished folders older than a day."""
     if min(keep_daily, keep_weekly, keep_monthly) < 0:
         raise UsageError("Keep counts cannot be negative", hint="Use 0 or more for --keep-daily/-weekly/-monthly.")
     now = now or utc_now()
     infos = list_backups(root)
     plan = plan_prune([(b.name, b.ended_at) for b in infos if b.complete], keep_daily, keep_weekly, keep_monthly)
     day_ago = (now - timedelta(days=1)).timestamp()
-    plan.partial_delete = [b.name for b in infos if not b.complete and b.path.stat().st_mtime < day_ago]
+    # damaged backups (bad manifest) are left for the operator to look at; unfinished ones go after a day
+    plan.partial_delete = [b.name for b in infos if b.unfinished and b.path.stat().st_mtime < day_ago]
     if not dry_run:
         for name in plan.delete + plan.partial_delete:
             report(f"prune: removing {root / name}")

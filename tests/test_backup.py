@@ -471,15 +471,21 @@ def test_prune_command_on_synthetic_backups(cli, tmp_path):
     junk.mkdir()
     fresh_partial = root / f".{now.strftime(bk.NAME_FORMAT)}-9.partial"
     fresh_partial.mkdir()
+    unfinished = root / "20200202T000000Z"  # renamed, manifest not yet: killed in the last instant
+    unfinished.mkdir()
+    damaged = _fake_backup(root, now - timedelta(days=400))
+    flip_byte(damaged / "manifest.json", 0.3)
     old = time.time() - 3 * 86400
-    os.utime(junk, (old, old))
+    for path in (junk, unfinished, damaged):
+        os.utime(path, (old, old))
     settings = load_settings(home=str(tmp_path / "home"))
     args = ("backup", "prune", "--dest", str(root), "--keep-daily", "2", "--keep-weekly", "0", "--keep-monthly", "0")
 
     result = cli(settings, *args, "--dry-run", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     plan = json.loads(result.stdout)
-    assert set(plan["delete"]) == {p.name for p in made[2:]} and plan["partial_delete"] == [junk.name]
+    assert set(plan["delete"]) == {p.name for p in made[2:]}
+    assert sorted(plan["partial_delete"]) == sorted([junk.name, unfinished.name])
     assert all(p.exists() for p in made) and junk.exists()
 
     result = cli(settings, *args)  # not a terminal, no --yes: refuses
@@ -487,10 +493,11 @@ def test_prune_command_on_synthetic_backups(cli, tmp_path):
 
     result = cli(settings, *args, "--yes")
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert sorted(p.name for p in root.iterdir()) == sorted([made[0].name, made[1].name, fresh_partial.name])
+    # the damaged backup stays for the operator to look at; the unfinished folders older than a day are gone
+    assert sorted(p.name for p in root.iterdir()) == sorted([made[0].name, made[1].name, fresh_partial.name, damaged.name])
     listed = json.loads(cli(settings, "backup", "--dest", str(root), "list", "--json").stdout)
     assert [(b["name"], b["complete"]) for b in listed] == [(made[0].name, True), (made[1].name, True),
-                                                             (fresh_partial.name, False)]
+                                                             (damaged.name, False), (fresh_partial.name, False)]
 
 
 # -- health reads the manifest ----------------------------------------------------------------------------
