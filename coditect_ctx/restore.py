@@ -83,6 +83,7 @@ def restore_backup(
     result = RestoreResult(backup=str(folder))
     with Store(settings) as store:
         held = target_holds_data(store)
+        generation_before = _generation(store)
         if held and not yes:
             raise UsageError(
                 f"The store holds data that restore would replace ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''})",
@@ -93,6 +94,9 @@ def restore_backup(
         result.schema_applied = pg.migrate_schema(store.pg_url)  # a backup of an older ctx gets the newer schema
         with store.pg() as conn:
             result.marked_not_embedded = mark_not_embedded(conn, manifest)
+            # past both the backup's and the replaced store's generation: no cached answer of either is reachable
+            conn.execute("UPDATE db_metadata SET data_generation = greatest(data_generation, %s) WHERE id = 1",
+                         (generation_before,))
             result.data_generation = pg.bump_generation(conn)
             conn.commit()
         restore_chroma(store.chroma, folder, manifest, prefix="", progress=progress)
@@ -107,6 +111,11 @@ def restore_backup(
     result.checks += run_validate_hook(settings)
     result.seconds = round(time.monotonic() - start, 3)
     return result
+
+
+def _generation(store: Store) -> int:
+    with store.pg() as conn:
+        return pg.data_generation(conn) if pg.schema_version(conn) else 0
 
 
 def restore_postgres(store: Store, folder: Path, dbname: str | None) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from coditect_ctx import backup as bk
 from coditect_ctx.stores import Store
+from coditect_ctx.stores import postgres as pg
 from coditect_ctx.stores.chroma import COLLECTIONS, record_id_of, vector_id, vector_metadata
 
 from .conftest import SAMPLES, settings_env
@@ -203,7 +204,7 @@ def test_round_trip_brings_back_every_row_and_vector(fresh_stack, cli):
         assert answers_after == answers_before
         assert consistency_problems(store) == []
         with store.pg() as conn:
-            assert conn.execute("SELECT data_generation FROM db_metadata").fetchone()[0] > manifest["postgres"]["data_generation"] - 1
+            assert pg.data_generation(conn) == manifest["postgres"]["data_generation"] + 1 == restored["data_generation"]
 
     # a second restore over the restored data needs --yes
     result = cli(settings, "restore", folder.name)
@@ -549,11 +550,15 @@ def test_migrated_demo_survives_backup_and_restore(fresh_stack, cli):
         with store.pg() as conn:
             for table in ("submodule_registry", "tags", "privacy_audit", "context_loads"):
                 conn.execute(f"DELETE FROM {table}")
+            # the store moved on since the backup: restore must not reuse a generation cached answers may carry
+            newer = pg.bump_generation(conn) + 100
+            conn.execute("UPDATE db_metadata SET data_generation = %s", (newer,))
             conn.commit()
         for name in COLLECTIONS.values():
             store.chroma.delete_collection(name)
     result = cli(settings, "restore", str(made.path), "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["data_generation"] > newer
     with Store(settings) as store:
         assert pg_snapshot(store) == rows_before
         assert_same_vectors(chroma_snapshot(store), vectors_before)
