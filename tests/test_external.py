@@ -31,6 +31,8 @@ SECRETS = [*PASSWORDS.values(), CHROMA_TOKEN, REDIS_PASSWORD]
 
 @pytest.fixture(scope="module")
 def services():
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command makes the test CA and certificates: install openssl")
     started = start_external_services()
     yield started
     started.stop()
@@ -46,6 +48,14 @@ def home(services, models_dir):
     stack.setup(settings_for(services, folder), prepare_model=False)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def migrated(services, home):
+    """The demo samples migrated once, as the writer role (migrate needs DML + TEMPORARY, no DDL)."""
+    result = ctx(services, home, "migrate", str(SAMPLES / "coditect-demo"), "--json", role="ctx_writer")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    return home
 
 
 def settings_for(services, home: Path, role: str = "ctx_owner", **overrides: str):
@@ -225,10 +235,9 @@ def test_read_only_role_runs_health_status_and_reads_but_cannot_write(services, 
                 pg.bump_generation(conn)
 
 
-def test_migrate_as_writer_then_search_as_read_only_role_with_the_acl_cache(services, home):
+def test_migrate_as_writer_then_search_as_read_only_role_with_the_acl_cache(services, migrated):
     """migrate needs only DML (+ TEMPORARY), search and show only SELECT; the second identical search is served by Redis (ACL user)."""
-    migrated = ctx(services, home, "migrate", str(SAMPLES / "coditect-demo"), "--json", role="ctx_writer")
-    assert migrated.exit_code == 0, migrated.stderr + migrated.stdout
+    home = migrated
     with psycopg.connect(services.pg.url("ctx_reader", sslrootcert=services.ca)) as conn:
         sessions = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
     assert sessions > 0
@@ -249,8 +258,26 @@ def test_migrate_as_writer_then_search_as_read_only_role_with_the_acl_cache(serv
     assert drift["status"] == "OK"  # every migrated row has its vectors in the token-guarded Chroma
 
 
+def test_validate_reads_as_read_only_role_and_repairs_as_writer(services, migrated):
+    """validate needs SELECT; --repair re-embeds what Chroma lost, with the writer's DML grants."""
+    from coditect_ctx.stores import Store
+    from coditect_ctx.stores.chroma import COLLECTIONS
+
+    home = migrated
+    assert ctx(services, home, "validate", "--json", role="ctx_reader").exit_code == 0
+    with Store(settings_for(services, home)) as store:
+        ids = store.chroma.get(COLLECTIONS["session"], limit=1)["ids"]
+        assert ids, "migrate stored session vectors"
+        store.chroma.delete(COLLECTIONS["session"], ids=ids)
+    broken = ctx(services, home, "validate", "--json", role="ctx_reader")
+    assert broken.exit_code == 5
+    repaired = ctx(services, home, "validate", "--repair", "--json", role="ctx_writer")
+    assert repaired.exit_code == 0, repaired.stdout + repaired.stderr
+    assert ctx(services, home, "validate", "--json", role="ctx_reader").exit_code == 0
+
+
 # -- client tools: backup and restore ------------------------------------------------------------------------
-def test_backup_and_restore_round_trip(services, home):
+def test_backup_and_restore_round_trip(services, migrated):
     """pg_dump/pg_restore of the operator's (or the wheel's) client tools over verify-full TLS."""
     from coditect_ctx.runtime.external import choose_pg_client
 
@@ -261,6 +288,8 @@ def test_backup_and_restore_round_trip(services, home):
         pytest.skip(f"no pg_dump >= the test server's {major} here: {exc.message}")
     with psycopg.connect(services.pg.url("ctx_owner", sslrootcert=services.ca)) as conn:
         before = conn.execute("SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages)").fetchone()
+    assert before[0] > 0 and before[1] > 0
+    home = migrated
     made = ctx(services, home, "backup", "--json", role="ctx_reader")  # backup needs SELECT only
     if "can use TLS" in made.stdout + made.stderr:
         assert "CTX_PG_BIN" in made.stdout and "sslmode=verify-full" in made.stdout  # said clearly, then nothing to test
