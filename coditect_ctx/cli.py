@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -40,4 +41,5 @@ for module in (stack, health, migrate, backup, search):
 
 
 def main() -> None:
-    app()
+    if not search.fast_main(sys.argv[1:]):  # a plain `ctx search` skips Typer's start-up cost
+        app()

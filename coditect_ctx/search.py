@@ -410,7 +410,14 @@ class Searcher:
         timings["total"] = time.perf_counter() - started
         return SearchOutcome(result, page, timings=timings)
 
-    def _run(self, query: SearchQuery, generation: int, cache: Cache, timings: dict) -> SearchResult:
+    def engine_rankings(self, query: SearchQuery, cache: Cache | None = None, timings: dict | None = None
+                        ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, dict[tuple[str, str], float]]]:
+        """Each engine's best-first candidates as (type, id) keys, and their raw scores (before fusion).
+
+        Public for the benchmark, which tunes the fusion on these lists without re-running the engines.
+        """
+        cache = cache if cache is not None else Cache(None)
+        timings = timings if timings is not None else {}
         n = max(MIN_CANDIDATES, CANDIDATE_FACTOR * query.limit)
         rankings: dict[str, list[tuple[str, str]]] = {}
         raw: dict[str, dict[tuple[str, str], float]] = {}
@@ -435,6 +442,11 @@ class Searcher:
             rankings["semantic"] = [key for key, _ in found]
             raw["semantic"] = dict(found)
             timings["semantic"] = time.perf_counter() - t0
+        return rankings, raw
+
+    def _run(self, query: SearchQuery, generation: int, cache: Cache, timings: dict) -> SearchResult:
+        rankings, raw = self.engine_rankings(query, cache, timings)
+        relaxed = relaxed_text(query.text)
         fused = weighted_rrf(rankings, WEIGHTS, RRF_K)[: query.limit]
         t0 = time.perf_counter()
         details = self._hydrate([f.key for f in fused], relaxed)

@@ -336,7 +336,26 @@ def test_search_never_imports_heavy_libraries_and_text_mode_skips_the_model(samp
     text = _imported(samples, "how were flaky tests fixed", "--mode", "text")
     assert not text & {*HEAVY, "onnxruntime", "tokenizers", "numpy"}
     repeat = _imported(samples, "how were flaky tests fixed", "--limit", "4")
-    assert not repeat & {*HEAVY, "onnxruntime", "tokenizers", "numpy", "rich", "redis"}
+    assert not repeat & {*HEAVY, "onnxruntime", "tokenizers", "numpy", "rich", "redis", "pydantic"}
+
+
+def test_plain_command_lines_skip_typer_and_answer_the_same(samples, cli):
+    from coditect_ctx.commands.search import parse_fast
+
+    assert parse_fast(["search", "redis", "--tag", "a", "--tag=b", "-n", "3", "--json"]) == (
+        "redis", {"tags": ["a", "b"], "limit": 3, "mode": "hybrid"}, True)
+    for unusual in (["search", "--help"], ["search", "a", "b"], ["search", "q", "--limit", "x"], ["health"],
+                    ["search", "q", "--type"], ["search", "q", "--verbose"]):
+        assert parse_fast(unusual) is None, unusual
+    args = ["search", "connection pool", "--type", "checkpoint", "--since=2025-03-01", "--json"]
+    proc = subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env={**os.environ, **settings_env(samples)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    in_process = json.loads(cli(samples, *args).stdout)
+    assert [r["id"] for r in json.loads(proc.stdout)["results"]] == [r["id"] for r in in_process["results"]]
+    helped = subprocess.run([sys.executable, "-m", "coditect_ctx", "search", "--help"], capture_output=True, text=True,
+                            env={**os.environ, **settings_env(samples)}, timeout=60)
+    assert helped.returncode == 0 and "--submodule" in helped.stdout
 
 
 def test_make_query_normalises_filters():

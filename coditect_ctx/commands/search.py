@@ -42,12 +42,17 @@ def search(
     json_out: JsonOpt = False,
 ) -> None:
     """Find records by meaning and words: full text, trigram and semantic rankings fused. Filters apply before ranking."""
+    options = {"type_": type_, "submodule": submodule, "tags": tag or (), "since": since, "until": until,
+               "privacy": privacy, "limit": limit, "mode": mode}
+    _search(lambda: settings(ctx), query, options, json_out)
+
+
+def _search(get_settings, query: str, options: dict, json_out: bool) -> None:
     from ..search import make_query, search as run_search
 
     def body() -> int:
-        q = make_query(query, type_=type_, submodule=submodule, tags=tag or (), since=since, until=until,
-                       privacy=privacy, limit=limit, mode=mode)
-        outcome = run_search(settings(ctx), q, render=None if json_out else TableRenderer())
+        q = make_query(query, **options)
+        outcome = run_search(get_settings(), q, render=None if json_out else TableRenderer())
         if json_out:
             data = outcome.result.as_dict()
             data["results"] = data.pop("hits")
@@ -60,6 +65,64 @@ def search(
         return 0
 
     output.run(body, json_out)
+
+
+# `ctx search` straight from argv, before Typer builds its command tree: Typer (0.29) builds a pydantic
+# TypeAdapter per parameter, and importing pydantic costs more than a whole cached search. Only the plain forms are
+# taken here (`ctx search QUERY [options]`); --help, global options or anything unusual go through Typer as usual.
+_VALUE_OPTIONS = {"--type": "type_", "-t": "type_", "--submodule": "submodule", "-s": "submodule", "--tag": "tags",
+                  "--since": "since", "--until": "until", "--privacy": "privacy", "--limit": "limit", "-n": "limit",
+                  "--mode": "mode", "-m": "mode"}
+
+
+def parse_fast(argv: list[str]) -> tuple[str, dict, bool] | None:
+    """(query, options, json) for a plain `search` command line, or None to let Typer handle it."""
+    if not argv or argv[0] != "search":
+        return None
+    options: dict = {"tags": [], "limit": 10, "mode": "hybrid"}
+    query: str | None = None
+    json_out = False
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--json":
+            json_out = True
+            continue
+        if arg.startswith("-") and arg != "-":
+            name, eq, value = arg.partition("=")
+            key = _VALUE_OPTIONS.get(name)
+            if key is None:
+                return None
+            if not eq:
+                value = next(args, None)
+                if value is None:
+                    return None
+            if key == "tags":
+                options["tags"].append(value)
+            elif key == "limit":
+                if not value.lstrip("-").isdigit():
+                    return None
+                options["limit"] = int(value)
+            else:
+                options[key] = value
+            continue
+        if query is not None:
+            return None
+        query = arg
+    if query is None:
+        return None
+    return query, options, json_out
+
+
+def fast_main(argv: list[str]) -> bool:
+    """Run `ctx search` without Typer when the command line is a plain one; False = not handled."""
+    parsed = parse_fast(argv)
+    if parsed is None:
+        return False
+    from ..config import load_settings
+
+    query, options, json_out = parsed
+    _search(load_settings, query, options, json_out)
+    return True
 
 
 class TableRenderer:

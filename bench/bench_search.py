@@ -1,0 +1,331 @@
+"""Search quality and latency, measured on the real corpus.
+
+    python bench/bench_search.py                  # fresh local store: migrate ../shared/corpus, quality, latency
+    CTX_HOME=... python bench/bench_search.py     # an existing store (with the corpus in it), used as is
+    options: --quality-only, --latency-only, --tune (grid over RRF k and weights), --records N (default 100000),
+             --migrate (migrate the corpus into the given store first), --keep (leave a fresh store running)
+
+Quality: bench/eval_queries.json (questions with their answering topics, by stable keys; see its "about").
+recall@10 and MRR for text, semantic and hybrid, each through the real Searcher with the cache off.
+
+Latency: the store is grown to --records records with synthetic messages (SQL generate_series text from the
+corpus' own vocabulary, random unit vectors in Chroma; identities 'bench:synthetic:N', reused on later runs),
+then: in-process hybrid p50/p95 (warm), and whole-process `ctx search` (first call with Redis flushed, the same
+call again = cache hit, `--mode text`) beside a plain `psql` full-text query on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from coditect_ctx import fusion, search as search_mod  # noqa: E402
+from coditect_ctx.config import ensure_secrets, load_settings  # noqa: E402
+from coditect_ctx.search import Searcher, make_query  # noqa: E402
+from coditect_ctx.stores import Store  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "corpus"
+EVAL = Path(__file__).resolve().parent / "eval_queries.json"
+SYNTHETIC = "bench:synthetic:"
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# -- the store ----------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_store():
+    from coditect_ctx import stack
+
+    home = Path(tempfile.mkdtemp(prefix="ctx-bench-search-", dir="/tmp"))
+    settings = ensure_secrets(load_settings(home=str(home), runtime="local", pg_port=_free_port(),
+                                            chroma_port=_free_port(), redis_port=_free_port()))
+    stack.setup(settings, report=lambda m: print(f"  setup: {m}", file=sys.stderr))
+    return settings
+
+
+def env_for(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTX_")}
+    env.update({"CTX_HOME": str(settings.home), "CTX_RUNTIME": settings.runtime, "CTX_PG_PORT": str(settings.pg_port),
+                "CTX_CHROMA_PORT": str(settings.chroma_port), "CTX_REDIS_PORT": str(settings.redis_port),
+                "NO_COLOR": "1", "COLUMNS": "160"})
+    return env
+
+
+def migrate_corpus(settings) -> None:
+    from coditect_ctx.migrate import run_migrate
+
+    sources = [CORPUS / "coditect-master", CORPUS / "coditect-core"]
+    t0 = time.monotonic()
+    report = run_migrate(settings, sources)
+    print(f"migrated the corpus in {time.monotonic() - t0:.0f} s: {json.dumps(report.as_dict()['totals'])}",
+          file=sys.stderr)
+
+
+# -- quality ------------------------------------------------------------------------------------------------
+def record_keys(conn) -> dict[tuple[str, str], set[str]]:
+    """Every record's stable keys: checkpoint refs, source file names and titles, normalised."""
+    rows = conn.execute(
+        """SELECT 'checkpoint', id::text, ARRAY[ref, source_path, title] FROM checkpoints
+           UNION ALL SELECT 'session', id::text, ARRAY[checkpoint_ref, source_path, title] FROM sessions
+           UNION ALL SELECT 'pattern', id::text, ARRAY[identity, source_path, name] FROM patterns
+           UNION ALL SELECT 'message', m.id::text, ARRAY[m.checkpoint_ref, m.source_path, s.checkpoint_ref, s.source_path, s.title]
+                     FROM messages m LEFT JOIN sessions s ON s.id = m.session_id
+                     WHERE m.identity NOT LIKE 'bench:%'"""
+    )
+    keys = {}
+    for kind, rid, values in rows:
+        names = set()
+        for value in values:
+            if value:
+                names.add(normalise(re.sub(r"\.(md|json|jsonl|txt)$", "", value.rsplit("/", 1)[-1])))
+        keys[(kind, rid)] = names
+    return keys
+
+
+def answers_of(key_sets: dict, answers: list[str]):
+    wanted = [normalise(a) for a in answers]
+    return {k: {a for a in wanted if any(a in name for name in names)} for k, names in key_sets.items()}
+
+
+def score(ranked: list[tuple[str, str]], matches: dict, answers: list[str]) -> tuple[float, float]:
+    wanted = {normalise(a) for a in answers}
+    found: set[str] = set()
+    rr = 0.0
+    for rank, key in enumerate(ranked[:10], start=1):
+        hit = matches.get(key) or set()
+        if hit and rr == 0.0:
+            rr = 1.0 / rank
+        found |= hit
+    return len(found & wanted) / len(wanted), rr
+
+
+def quality(settings, tune: bool) -> dict:
+    data = json.loads(EVAL.read_text())
+    queries = data["queries"]
+    with Searcher(settings) as searcher:
+        keys = record_keys(searcher.conn())
+        matches = [answers_of(keys, q["answers"]) for q in queries]
+        for q, m in zip(queries, matches):
+            for answer in q["answers"]:
+                if not any(normalise(answer) in a for hits in m.values() for a in hits):
+                    print(f"  warning: answer {answer!r} matches no record", file=sys.stderr)
+        table = {}
+        for mode in ("text", "semantic", "hybrid"):
+            recalls, rrs = [], []
+            for q, m in zip(queries, matches):
+                result = searcher.search(make_query(q["q"], mode=mode, limit=10), use_cache=False).result
+                r, rr = score([(h.type, h.id) for h in result.hits], m, q["answers"])
+                recalls.append(r)
+                rrs.append(rr)
+            table[mode] = {"recall@10": statistics.mean(recalls), "MRR": statistics.mean(rrs)}
+        print(f"\nquality on {len(queries)} questions ({sum(len(q['answers']) for q in queries)} answers), "
+              f"k={search_mod.RRF_K}, weights={search_mod.WEIGHTS}")
+        print(f"{'mode':10} {'recall@10':>10} {'MRR':>8}")
+        for mode, row in table.items():
+            print(f"{mode:10} {row['recall@10']:10.3f} {row['MRR']:8.3f}")
+        if tune:
+            tune_fusion(searcher, queries, matches)
+    return table
+
+
+def tune_fusion(searcher: Searcher, queries: list[dict], matches: list[dict]) -> None:
+    """Grid over k and the engine weights on the engines' own candidate lists (fusion re-run offline)."""
+    lists = [searcher.engine_rankings(make_query(q["q"], limit=10))[0] for q in queries]
+    results = []
+    for k in (5, 10, 20, 40, 60, 100):
+        for w_sem in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0):
+            for w_trgm in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0):
+                weights = {"text": 1.0, "trigram": w_trgm, "semantic": w_sem}
+                recalls, rrs = [], []
+                for q, m, ranking in zip(queries, matches, lists):
+                    fused = [f.key for f in fusion.weighted_rrf(ranking, weights, k)[:10]]
+                    r, rr = score(fused, m, q["answers"])
+                    recalls.append(r)
+                    rrs.append(rr)
+                results.append((statistics.mean(recalls) + statistics.mean(rrs), statistics.mean(recalls),
+                                statistics.mean(rrs), k, w_sem, w_trgm))
+    results.sort(reverse=True)
+    print("\ntuning (text weight 1.0), best 8 of the grid:")
+    print(f"{'k':>5} {'w_sem':>6} {'w_trgm':>7} {'recall@10':>10} {'MRR':>8}")
+    for _, r, rr, k, w_sem, w_trgm in results[:8]:
+        print(f"{k:5} {w_sem:6} {w_trgm:7} {r:10.3f} {rr:8.3f}")
+    current = [x for x in results if x[3] == search_mod.RRF_K and x[4] == search_mod.WEIGHTS["semantic"]
+               and x[5] == search_mod.WEIGHTS["trigram"]]
+    if current:
+        print(f"current settings: recall@10 {current[0][1]:.3f}, MRR {current[0][2]:.3f}")
+
+
+# -- latency ------------------------------------------------------------------------------------------------
+def record_count(conn) -> int:
+    return conn.execute("SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM checkpoints) "
+                        "+ (SELECT count(*) FROM patterns) + (SELECT count(*) FROM messages)").fetchone()[0]
+
+
+def grow(settings, target: int) -> None:
+    """Add synthetic messages until the store holds `target` records; random unit vectors for them in Chroma."""
+    import numpy as np
+
+    from coditect_ctx.stores.chroma import COLLECTIONS, vector_id, vector_metadata
+
+    with Store(settings) as store, store.pg(autocommit=True) as conn:
+        have = record_count(conn)
+        if have >= target:
+            print(f"store has {have} records (>= {target})", file=sys.stderr)
+            return
+        start = conn.execute(f"SELECT count(*) FROM messages WHERE identity LIKE '{SYNTHETIC}%'").fetchone()[0]
+        need = target - have
+        print(f"adding {need} synthetic messages to {have} records", file=sys.stderr)
+        submodule = conn.execute("SELECT id, name FROM submodule_registry ORDER BY name LIMIT 1").fetchone()
+        rng = np.random.default_rng(7)
+        step = 5000
+        for lo in range(start, start + need, step):
+            hi = min(start + need, lo + step) - 1
+            rows = conn.execute(
+                f"""WITH words AS (SELECT array_agg(word) AS w FROM (
+                        SELECT word FROM ts_stat('SELECT search_vector FROM sessions') ORDER BY nentry DESC LIMIT 3000) x)
+                    INSERT INTO messages (identity, submodule_id, role, kind, content, first_seen, content_sha256,
+                                          embedded_sha256, embedded_chunks, privacy_level, source_path)
+                    SELECT '{SYNTHETIC}' || g, %s, CASE WHEN g %% 2 = 0 THEN 'user' ELSE 'assistant' END, 'text',
+                           (SELECT string_agg(words.w[1 + floor(random() * array_length(words.w, 1))::int + 0 * i], ' ')
+                              FROM generate_series(1, 12 + (g %% 80)) i),
+                           timestamptz '2025-06-01' + g * interval '7 minutes', md5(g::text) || md5(g::text),
+                           md5(g::text) || md5(g::text), 1, 'TEAM', 'bench/synthetic'
+                    FROM generate_series(%s::int, %s::int) g, words
+                    RETURNING id::text, extract(epoch FROM first_seen), content_sha256""",
+                (submodule[0], lo, hi),
+            ).fetchall()
+            vectors = rng.standard_normal((len(rows), 384)).astype("float32")
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.chroma.upsert(
+                COLLECTIONS["message"], [vector_id(r[0], 0) for r in rows], vectors.tolist(),
+                [vector_metadata(record_type="message", record_id=r[0], chunk=0, submodule=submodule[1],
+                                 title="synthetic", timestamp=float(r[1]), privacy_level="TEAM", tags=[],
+                                 content_sha256=r[2]) for r in rows],
+            )
+            print(f"  {hi - start + 1}/{need}", file=sys.stderr)
+        conn.execute("ANALYZE")
+        from coditect_ctx.stores.postgres import bump_generation
+
+        bump_generation(conn)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def flush_redis(settings) -> None:
+    import redis
+
+    with Store(settings) as store:
+        url = store.endpoints.redis_url
+    if url:
+        redis.Redis.from_url(url).flushdb()
+
+
+def wall(argv: list[str], env: dict) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} failed ({proc.returncode}): {proc.stderr[-800:]}")
+    return elapsed, proc.stdout
+
+
+def latency(settings, target: int, processes: int) -> None:
+    from coditect_ctx.runtime.local import embedded_pg_bin
+
+    grow(settings, target)
+    queries = [q["q"] for q in json.loads(EVAL.read_text())["queries"]]
+    with Store(settings) as store, store.pg() as conn:
+        total = record_count(conn)
+        url = store.pg_url
+    with Searcher(settings) as searcher:
+        searcher.search(make_query("warm up the model and connections"), use_cache=False)
+        timings = {"hybrid": [], "text": [], "semantic": []}
+        for _ in range(2):
+            for q in queries:
+                for mode in timings:
+                    t0 = time.perf_counter()
+                    searcher.search(make_query(q, mode=mode), use_cache=False)
+                    timings[mode].append(time.perf_counter() - t0)
+    print(f"\nlatency on {total} records (2 rounds of {len(queries)} questions, warm process, cache off)")
+    print(f"{'in-process':22} {'p50 ms':>8} {'p95 ms':>8}")
+    for mode, values in timings.items():
+        print(f"{mode:22} {1000 * pct(values, 50):8.1f} {1000 * pct(values, 95):8.1f}")
+
+    env = env_for(settings)
+    ctx = [sys.executable, "-m", "coditect_ctx", "search"]
+    psql = str(embedded_pg_bin() / "psql")
+    columns = {"first ctx search (no cache)": [], "repeat (cache hit)": [], "ctx search --mode text": [],
+               "psql full-text query": []}
+    for q in queries[:processes]:
+        flush_redis(settings)
+        columns["first ctx search (no cache)"].append(wall(ctx + [q], env)[0])
+        columns["repeat (cache hit)"].append(wall(ctx + [q], env)[0])
+        columns["ctx search --mode text"].append(wall(ctx + [q, "--mode", "text"], env)[0])
+        literal = q.replace("'", "''")
+        sql = " UNION ALL ".join(
+            f"(SELECT id, ts_rank_cd(search_vector, q) AS r FROM {t}, websearch_to_tsquery('english', '{literal}') q "
+            f"WHERE search_vector @@ q ORDER BY r DESC LIMIT 30)" for t in ("sessions", "checkpoints", "patterns", "messages"))
+        columns["psql full-text query"].append(wall([psql, url, "-X", "-q", "-c", sql + " ORDER BY r DESC LIMIT 10"], env)[0])
+    print(f"\nwhole process, wall time over {processes} questions (Redis flushed before each first call)")
+    print(f"{'':30} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for name, values in columns.items():
+        print(f"{name:30} {1000 * pct(values, 50):8.0f} {1000 * pct(values, 95):8.0f} {1000 * max(values):8.0f}")
+    first, hit = statistics.median(columns["first ctx search (no cache)"]), statistics.median(columns["repeat (cache hit)"])
+    print(f"cache hit speed-up (median): {first / hit:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--migrate", action="store_true")
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--processes", type=int, default=15, help="questions timed as whole ctx processes")
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    fresh = "CTX_HOME" not in os.environ
+    if fresh and not CORPUS.is_dir():
+        raise SystemExit(f"no corpus at {CORPUS}: give an existing store with CTX_HOME")
+    settings = fresh_store() if fresh else load_settings()
+    try:
+        if fresh or args.migrate:
+            migrate_corpus(settings)
+        if not args.latency_only:
+            quality(settings, args.tune)
+        if not args.quality_only:
+            latency(settings, args.records, args.processes)
+    finally:
+        if fresh and not args.keep:
+            from coditect_ctx import stack
+
+            stack.down(settings, volumes=True)
+            shutil.rmtree(settings.home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
