@@ -422,6 +422,10 @@ class Searcher:
         rankings: dict[str, list[tuple[str, str]]] = {}
         raw: dict[str, dict[tuple[str, str], float]] = {}
         relaxed = relaxed_text(query.text)
+        embedding = None
+        if query.mode in ("hybrid", "semantic"):
+            # The query vector (a model load on a first search) is made while PostgreSQL ranks the full text.
+            embedding = _Background(self._query_vector, query.text, cache)
         if query.mode in ("hybrid", "text"):
             t0 = time.perf_counter()
             params = {**_params(query), "q": query.text, "relaxed": relaxed, "trgm": query.text[:200]}
@@ -433,10 +437,10 @@ class Searcher:
                 rankings[engine].sort(key=lambda k, e=engine: -raw[e][k])
                 rankings[engine] = rankings[engine][:n]
             timings["text"] = time.perf_counter() - t0
-        if query.mode in ("hybrid", "semantic"):
+        if embedding is not None:
             t0 = time.perf_counter()
-            vector = self._query_vector(query.text, cache)
-            timings["embed"] = time.perf_counter() - t0
+            vector = embedding.result()
+            timings["embed_wait"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             found = self._vector_candidates(query, vector, n)
             rankings["semantic"] = [key for key, _ in found]
@@ -507,6 +511,31 @@ class Searcher:
             params[f"{t}_ids"] = [k[1] for k in keys if k[0] == t]
         rows = self.conn().execute(_hydrate_sql(types), params).fetchall()
         return {(t, rid): (title, sub, date, headline) for t, rid, title, sub, date, headline in rows}
+
+
+class _Background:
+    """Run one call in a thread; `result()` joins it and re-raises its exception."""
+
+    def __init__(self, fn: Callable, *args: Any):
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:  # handed to the caller in result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="ctx-query-vector", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _one_line(text: str | None, width: int = 200) -> str:
