@@ -1,0 +1,40 @@
+"""Help text is a contract: every command has help, appears in `ctx --help` and in the README."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import typer.main
+
+from coditect_ctx.cli import app
+
+from .conftest import REPO
+
+
+def _commands() -> dict[str, object]:
+    group = typer.main.get_command(app)
+    return dict(group.commands)
+
+
+def test_every_command_has_help_and_a_readme_mention(cli):
+    readme = (REPO / "README.md").read_text()
+    commands = _commands()
+    assert {"setup", "status", "down", "health", "migrate", "validate"} <= set(commands)
+    top = cli(None, "--help").stdout
+    for name, command in commands.items():
+        assert command.help, f"ctx {name} has no help"
+        assert name in top
+        assert f"ctx {name}" in readme, f"README does not show `ctx {name}`"
+        assert cli(None, name, "--help").exit_code == 0
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = ("import sys, time; t=time.perf_counter(); sys.argv=['ctx','--help']\n"
+            "from coditect_ctx.cli import app\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "heavy=[m for m in ('torch','sentence_transformers','chromadb','onnxruntime','docker','psycopg','redis') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
