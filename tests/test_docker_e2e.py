@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +24,7 @@ from coditect_ctx.config import Settings
 from coditect_ctx.runtime import resolve_runtime_name
 from coditect_ctx.runtime.docker import LABEL_PROJECT, LABEL_SERVICE, project_id, resource_name
 
-from .conftest import SAMPLES, _short_tmp, free_port, make_settings
+from .conftest import SAMPLES, _short_tmp, make_settings
 from .test_docker_runtime import IMAGE_KEYS, NOTHING, _our_resources, test_images  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.docker
@@ -63,6 +63,7 @@ def ok(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.Complet
 
 
 def remove_ours(settings: Settings) -> None:
+    """Teardown through the SDK, not through ctx: cleanup must not depend on the code under test."""
     import docker
 
     client = docker.from_env()
@@ -111,6 +112,7 @@ def docker_store(test_images, models_dir):
         yield DockerStore(settings, env, setup, migrate)
     finally:
         remove_ours(settings)
+        shutil.rmtree(settings.home, ignore_errors=True)
 
 
 def _container(settings: Settings, service: str):
@@ -308,3 +310,4 @@ def test_an_engine_that_does_not_answer_is_a_clear_error_for_docker_and_auto_use
         assert status["runtime"] == "local" and all(svc["running"] for svc in status["services"])
     finally:
         run_ctx(env, "down", "--volumes", "--yes")
+        shutil.rmtree(settings.home, ignore_errors=True)
