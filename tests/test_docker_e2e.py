@@ -234,6 +234,8 @@ def test_backup_down_setup_restore_and_down_volumes_keep_then_destroy_the_data(d
     backup = json.loads(ok(docker_store.ctx("backup", "--json")).stdout)
     assert backup["rows"]["messages"] == tables["messages"]
     assert sum(backup["vectors"].values()) == sum(collections.values())
+    verified = json.loads(ok(docker_store.ctx("backup", "verify", backup["name"], "--json")).stdout)
+    assert verified["ok"] is True  # restored into a scratch database through `docker exec` pg_restore
     checks = {c["name"]: c["status"] for c in json.loads(docker_store.ctx("health", "--json").stdout)["checks"]}
     assert checks["backup"] == checks["drift"] == checks["postgres"] == "OK"  # health reads the new backup
 
