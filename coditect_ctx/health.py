@@ -79,7 +79,7 @@ def check_postgres(store: Store, timeout: float) -> Check:
     try:
         version = probes.pg_version(store.pg_url, timeout)
     except Exception as exc:
-        return Check("postgres", CRITICAL, f"PostgreSQL unreachable at {store.runtime.name}: {_short(exc)}")
+        return Check("postgres", CRITICAL, f"PostgreSQL unreachable ({store.runtime.name} runtime): {_short(exc)}")
     try:
         with pg.connect(store.pg_url, timeout) as conn:
             conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
