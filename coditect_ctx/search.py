@@ -189,6 +189,8 @@ def make_query(
     if len(cleaned) > MAX_QUERY_CHARS:
         raise UsageError(f"The search query is {len(cleaned)} characters long (at most {MAX_QUERY_CHARS})",
                          hint="Search for a sentence or a few key phrases, not a whole document.")
+    type_ = type_.strip().lower() if type_ else None
+    mode = (mode or "").strip().lower()
     if type_ is not None and type_ not in TYPES:
         raise UsageError(f"Unknown --type {type_!r}", hint=f"Use one of: {', '.join(TYPES)}.")
     if mode not in MODES:
@@ -331,6 +333,12 @@ def _chroma_where(query: SearchQuery) -> dict | None:
     return conds[0] if len(conds) == 1 else {"$and": conds}
 
 
+def _tuning() -> list:
+    """Everything besides the query that decides an answer: part of the cache key."""
+    return [WEIGHTS, RRF_K, CANDIDATE_FACTOR, MIN_CANDIDATES, CHUNK_FANOUT, TRIGRAM_THRESHOLD, _HEADLINE_OPTS,
+            SNIPPET_CHARS]
+
+
 # -- the job ---------------------------------------------------------------------------------------------
 class Searcher:
     """Runs searches on one store, keeping its connections and the query model warm between calls
@@ -387,7 +395,7 @@ class Searcher:
         cache = self.cache if use_cache else Cache(None)
         from .embed import MODEL_ID
 
-        result_key = cache_key(SEARCH_VERSION, MODEL_ID, generation, query.cache_parts(), WEIGHTS, RRF_K)
+        result_key = cache_key(SEARCH_VERSION, MODEL_ID, generation, query.cache_parts(), _tuning())
         page_key = cache_key(result_key, render.key) if render is not None else None
         if page_key is not None:
             page = cache.get_bytes(page_key)
