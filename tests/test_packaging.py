@@ -25,3 +25,21 @@ def test_wheel_contents(tmp_path):
     for path in samples:
         assert path.relative_to(REPO).as_posix() in names, f"{path} is not in the wheel"
     assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_installed_wheel_finds_its_schema_and_samples(tmp_path):
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir),
+                    str(REPO)], check=True, capture_output=True, timeout=300)
+    wheel = next(wheel_dir.glob("coditect_ctx-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = ("import coditect_ctx, sys; assert coditect_ctx.__file__.startswith(sys.argv[1]), coditect_ctx.__file__\n"
+            "from coditect_ctx.stores.postgres import load_migrations\n"
+            "from coditect_ctx.samples import demo_path\n"
+            "print(len(load_migrations()), (demo_path() / 'MEMORY-CONTEXT').is_dir())")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    count, samples = proc.stdout.split()
+    assert int(count) == len(list((REPO / "sql").glob("*.sql"))) and samples == "True"

@@ -36,21 +36,24 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def sql_dir() -> Path:
-    """The repo's sql/ folder in a checkout, the packaged copy in a wheel."""
-    beside = Path(__file__).resolve().parents[2] / "sql"
-    if beside.is_dir():
-        return beside
-    return Path(str(resources.files("coditect_ctx._sql")))
+def sql_dir():
+    """The packaged schema files (coditect_ctx._sql, mapped to the repo's sql/ folder), as a Traversable; in a
+    bare checkout that was never installed, the sql/ folder beside the package."""
+    try:
+        return resources.files("coditect_ctx._sql")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "sql"
 
 
-def load_migrations(folder: Path | None = None) -> list[Migration]:
+def load_migrations(folder=None) -> list[Migration]:
     folder = folder or sql_dir()
     found = []
-    for path in sorted(folder.glob("*.sql")):
-        m = _NAME.match(path.name)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        m = _NAME.match(entry.name)
         if m:
-            found.append(Migration(int(m.group(1)), m.group(2), path.read_text(encoding="utf-8")))
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    if not found:
+        raise SchemaError(f"No schema files (NNN_name.sql) found in {folder}", hint="Reinstall ctx: its package is incomplete.")
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise SchemaError(f"Two schema files share a version number in {folder}")
