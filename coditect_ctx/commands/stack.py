@@ -123,7 +123,7 @@ def down(
         name = do_down(s, volumes=volumes, report=lambda m: (messages.append(m), None if json_out else output.note(m)))
         if json_out:
             output.emit_json({"ok": True, "runtime": name, "volumes_removed": volumes, "messages": messages})
-        elif not volumes:
+        elif not volumes and name != "external":
             output.note("Data kept; `ctx setup` brings it back.")
         return 0
 
