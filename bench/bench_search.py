@@ -151,20 +151,33 @@ def quality(settings, tune: bool) -> dict:
 def tune_fusion(searcher: Searcher, queries: list[dict], matches: list[dict]) -> None:
     """Grid over k and the engine weights on the engines' own candidate lists (fusion re-run offline)."""
     lists = [searcher.engine_rankings(make_query(q["q"], limit=10))[0] for q in queries]
-    results = []
-    for k in (5, 10, 20, 40, 60, 100):
-        for w_sem in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0):
-            for w_trgm in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0):
-                weights = {"text": 1.0, "trigram": w_trgm, "semantic": w_sem}
-                recalls, rrs = [], []
-                for q, m, ranking in zip(queries, matches, lists):
-                    fused = [f.key for f in fusion.weighted_rrf(ranking, weights, k)[:10]]
-                    r, rr = score(fused, m, q["answers"])
-                    recalls.append(r)
-                    rrs.append(rr)
-                results.append((statistics.mean(recalls) + statistics.mean(rrs), statistics.mean(recalls),
-                                statistics.mean(rrs), k, w_sem, w_trgm))
-    results.sort(reverse=True)
+
+    def grid(indexes: list[int]) -> list[tuple]:
+        out = []
+        for k in (5, 10, 20, 40, 60, 100):
+            for w_sem in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0):
+                for w_trgm in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0):
+                    r, rr = evaluate(indexes, k, {"text": 1.0, "trigram": w_trgm, "semantic": w_sem})
+                    out.append((r + rr, r, rr, k, w_sem, w_trgm))
+        return sorted(out, reverse=True)
+
+    def evaluate(indexes: list[int], k: float, weights: dict) -> tuple[float, float]:
+        recalls, rrs = [], []
+        for i in indexes:
+            fused = [f.key for f in fusion.weighted_rrf(lists[i], weights, k)[:10]]
+            r, rr = score(fused, matches[i], queries[i]["answers"])
+            recalls.append(r)
+            rrs.append(rr)
+        return statistics.mean(recalls), statistics.mean(rrs)
+
+    results = grid(list(range(len(queries))))
+    # 2-fold check against over-fitting: tune on one half of the questions, measure on the other.
+    halves = [list(range(0, len(queries), 2)), list(range(1, len(queries), 2))]
+    for train, test in (halves, halves[::-1]):
+        _, _, _, k, w_sem, w_trgm = grid(train)[0]
+        r, rr = evaluate(test, k, {"text": 1.0, "trigram": w_trgm, "semantic": w_sem})
+        print(f"2-fold: tuned on {len(train)} (k={k}, w_sem={w_sem}, w_trgm={w_trgm}) -> held-out recall@10 {r:.3f}, "
+              f"MRR {rr:.3f}")
     print("\ntuning (text weight 1.0), best 8 of the grid:")
     print(f"{'k':>5} {'w_sem':>6} {'w_trgm':>7} {'recall@10':>10} {'MRR':>8}")
     for _, r, rr, k, w_sem, w_trgm in results[:8]:
