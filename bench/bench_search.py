@@ -210,7 +210,7 @@ def grow(settings, target: int) -> None:
         print(f"adding {need} synthetic messages to {have} records", file=sys.stderr)
         submodule = conn.execute("SELECT id, name FROM submodule_registry ORDER BY name LIMIT 1").fetchone()
         rng = np.random.default_rng(7)
-        step = 5000
+        step = 1000  # rows per PostgreSQL insert and per Chroma upsert (Chroma refuses bodies much over 8 MB)
         for lo in range(start, start + need, step):
             hi = min(start + need, lo + step) - 1
             rows = conn.execute(
@@ -230,12 +230,13 @@ def grow(settings, target: int) -> None:
             vectors = rng.standard_normal((len(rows), 384)).astype("float32")
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             store.chroma.upsert(
-                COLLECTIONS["message"], [vector_id(r[0], 0) for r in rows], vectors.tolist(),
+                COLLECTIONS["message"], [vector_id(r[0], 0) for r in rows], vectors.round(5).tolist(),
                 [vector_metadata(record_type="message", record_id=r[0], chunk=0, submodule=submodule[1],
                                  title="synthetic", timestamp=float(r[1]), privacy_level="TEAM", tags=[],
                                  content_sha256=r[2]) for r in rows],
             )
-            print(f"  {hi - start + 1}/{need}", file=sys.stderr)
+            if (hi - start + 1) % 10000 < step:
+                print(f"  {hi - start + 1}/{need}", file=sys.stderr)
         conn.execute("ANALYZE")
         from coditect_ctx.stores.postgres import bump_generation
 
