@@ -17,13 +17,11 @@ in asyncio and OpenTelemetry) is replaced on this path by a small RESP client be
 from __future__ import annotations
 
 import re
-import socket
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
-from urllib.parse import unquote, urlsplit
 
 from .config import Settings
 from .errors import UsageError
@@ -368,7 +366,7 @@ class Searcher:
     def cache(self) -> Cache:
         if self._cache is None:
             url = None if self.settings.cache_disabled else self.store.endpoints.redis_url
-            self._cache = LightCache(url)
+            self._cache = Cache(url)
         return self._cache
 
     def close(self) -> None:
@@ -588,76 +586,3 @@ def search(settings: Settings, query: SearchQuery, render: Renderer | None = Non
 
 
 # -- a cache client that costs nothing to import ------------------------------------------------------------
-class LightCache(Cache):
-    """stores.cache.Cache over a minimal RESP client for plain redis:// URLs (GET and SET are all search uses).
-
-    Importing redis-py costs 0.15-0.3 s here (asyncio, OpenTelemetry), as much as the rest of a cached search.
-    Other URL schemes (rediss://, unix://) fall back to redis-py. Errors still turn the cache off quietly.
-    """
-
-    def _redis(self):
-        if self._client is None:
-            parts = urlsplit(self.url or "")
-            if parts.scheme != "redis":
-                return super()._redis()
-            self._client = _Resp(parts, self.timeout)
-        return self._client
-
-
-class _RespError(Exception):
-    pass
-
-
-class _Resp:
-    def __init__(self, parts, timeout: float):
-        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = self.sock.makefile("rb")
-        if parts.password:
-            args = [unquote(parts.username), unquote(parts.password)] if parts.username else [unquote(parts.password)]
-            self._call(b"AUTH", *args)
-        db = parts.path.strip("/")
-        if db and db != "0":
-            self._call(b"SELECT", db)
-
-    def _call(self, *args) -> Any:
-        out = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(out))
-        return self._read()
-
-    def _read(self) -> Any:
-        line = self.reader.readline()
-        if not line:
-            raise ConnectionError("redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise _RespError(rest.decode("utf-8", "replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            data = self.reader.read(size + 2)
-            return data[:-2]
-        if kind == b"*":
-            return [self._read() for _ in range(max(0, int(rest)))]
-        raise _RespError(f"unexpected reply {line[:20]!r}")
-
-    def get(self, key: str) -> bytes | None:
-        return self._call(b"GET", key)
-
-    def set(self, key: str, value: bytes, ex: int | None = None) -> Any:
-        return self._call(b"SET", key, value, b"EX", ex) if ex else self._call(b"SET", key, value)
-
-    def close(self) -> None:
-        try:
-            self.reader.close()
-            self.sock.close()
-        except OSError:
-            pass

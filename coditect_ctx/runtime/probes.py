@@ -63,13 +63,16 @@ def redis_info(url: str, timeout: float = 3.0) -> str:
 
     Plain redis:// is spoken directly (three RESP commands on one socket): importing redis-py costs more than
     the whole check. TLS and anything unusual go through redis-py."""
-    from urllib.parse import unquote, urlsplit
+    from .. import resp
 
-    parts = urlsplit(url)
-    if parts.scheme == "redis" and not parts.query:
-        return _redis_info_raw(parts.hostname or "127.0.0.1", parts.port or 6379,
-                               unquote(parts.username) if parts.username else None,
-                               unquote(parts.password) if parts.password else None, timeout)
+    if resp.speaks(url):
+        client = resp.RespClient(url, timeout)
+        try:
+            if not client.ping():
+                raise ConnectionError("redis did not answer PING with PONG")
+            return client.info("server").get("redis_version", "unknown").strip()
+        finally:
+            client.close()
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -87,35 +90,3 @@ def redis_ready(url: str, timeout: float = 1.0) -> bool:
     except Exception:
         return False
 
-
-def _resp(*args: str) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        data = a.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-def _redis_info_raw(host: str, port: int, user: str | None, password: str | None, timeout: float) -> str:
-    import socket
-
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        stream = sock.makefile("rb")
-        if password:
-            sock.sendall(_resp("AUTH", *([user] if user else []), password))
-            reply = stream.readline()
-            if not reply.startswith(b"+OK"):
-                raise ConnectionError(f"redis AUTH failed: {reply.decode(errors='replace').strip()}")
-        sock.sendall(_resp("PING") + _resp("INFO", "server"))
-        reply = stream.readline()
-        if not reply.startswith(b"+PONG"):
-            raise ConnectionError(f"redis PING answered {reply.decode(errors='replace').strip()}")
-        header = stream.readline()
-        if not header.startswith(b"$"):
-            raise ConnectionError(f"redis INFO answered {header.decode(errors='replace').strip()}")
-        body = stream.read(int(header[1:]) + 2).decode(errors="replace")
-    for line in body.splitlines():
-        if line.startswith("redis_version:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"

@@ -29,11 +29,16 @@ class Cache:
 
     def _redis(self):
         if self._client is None:
-            import redis
+            from .. import resp
 
-            self._client = redis.Redis.from_url(
-                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-            )
+            if resp.speaks(self.url):
+                self._client = resp.RespClient(self.url, self.timeout)
+            else:
+                import redis
+
+                self._client = redis.Redis.from_url(
+                    self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+                )
         return self._client
 
     def _fail(self, exc: Exception) -> None:
