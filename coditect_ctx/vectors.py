@@ -26,7 +26,9 @@ from .stores.chroma import COLLECTIONS, vector_id, vector_metadata
 
 KINDS = ("checkpoint", "session", "pattern", "message")
 TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
-BATCH_RECORDS = 128
+# The model pads each batch to its longest text, so it is fastest on many chunks sorted by length: a batch is
+# cut at this many chunks (measured on the corpus: 128-record batches ran the model 1.6x slower than one big batch).
+BATCH_CHUNKS = 2048
 
 # What each kind embeds, and the columns search filters on, in one query per kind.
 _PENDING_SQL = {
@@ -95,6 +97,29 @@ class EmbedResult:
     texts_chars: int = 0
 
 
+def _batches(kind: str, rows: list, result: EmbedResult):
+    """Rows grouped so each group holds about BATCH_CHUNKS chunks, with their ids, texts, metadata and counts."""
+    batch, ids, docs, metas, counts = [], [], [], [], {}
+    for row in rows:
+        rid, title, summary, content, sha, submodule, ts, privacy, _old, mkind, tags = row
+        pieces = chunks_for(kind, embed_text(kind, title or "", summary or "", content or ""), mkind)
+        counts[rid] = len(pieces)
+        for n, piece in enumerate(pieces):
+            ids.append(vector_id(rid, n))
+            docs.append(piece)
+            metas.append(vector_metadata(
+                record_type=kind, record_id=rid, chunk=n, submodule=submodule or "", title=title or "",
+                timestamp=float(ts) if ts is not None else None, privacy_level=privacy,
+                tags=list(tags or []), content_sha256=sha))
+            result.texts_chars += len(piece)
+        batch.append(row)
+        if len(ids) >= BATCH_CHUNKS:
+            yield batch, ids, docs, metas, counts
+            batch, ids, docs, metas, counts = [], [], [], [], {}
+    if batch:
+        yield batch, ids, docs, metas, counts
+
+
 def count_pending(conn) -> dict[str, int]:
     out = {}
     for kind, table in TABLES.items():
@@ -147,21 +172,7 @@ def embed_pending(
             # The model is the bottleneck: while it embeds batch N+1, one writer thread stores batch N.
             with ThreadPoolExecutor(max_workers=1) as writer:
                 in_flight = None
-                for start in range(0, total, BATCH_RECORDS):
-                    batch = rows[start:start + BATCH_RECORDS]
-                    ids, docs, metas = [], [], []
-                    counts: dict[str, int] = {}
-                    for (rid, title, summary, content, sha, submodule, ts, privacy, _old, mkind, tags) in batch:
-                        pieces = chunks_for(kind, embed_text(kind, title or "", summary or "", content or ""), mkind)
-                        counts[rid] = len(pieces)
-                        for n, piece in enumerate(pieces):
-                            ids.append(vector_id(rid, n))
-                            docs.append(piece)
-                            metas.append(vector_metadata(
-                                record_type=kind, record_id=rid, chunk=n, submodule=submodule or "", title=title or "",
-                                timestamp=float(ts) if ts is not None else None, privacy_level=privacy,
-                                tags=list(tags or []), content_sha256=sha))
-                            result.texts_chars += len(piece)
+                for batch, ids, docs, metas, counts in _batches(kind, rows, result):
                     vectors = embed_documents(docs, models) if docs else []
                     if in_flight is not None:
                         done += in_flight.result()

@@ -20,6 +20,7 @@ TENANT = "default_tenant"
 DATABASE = "default_database"
 # Chroma refuses larger batches (its max_batch_size); stay a little under it.
 MAX_BATCH = 5000
+MAX_BODY = 6_000_000
 
 COLLECTIONS = {
     "session": "sessions_embeddings",
@@ -156,8 +157,7 @@ class Chroma:
         metadatas: list[dict] | None = None,
         documents: list[str] | None = None,
     ) -> None:
-        for start in range(0, len(ids), MAX_BATCH):
-            end = start + MAX_BATCH
+        for start, end in _request_slices(ids, embeddings, documents):
             body: dict[str, Any] = {"ids": ids[start:end], "embeddings": embeddings[start:end]}
             if metadatas is not None:
                 body["metadatas"] = metadatas[start:end]
@@ -207,6 +207,20 @@ class Chroma:
     ) -> dict:
         body = {"query_embeddings": [embedding], "n_results": n_results, "where": where, "include": list(include)}
         return self.request("POST", self._coll(name) + "/query", body)
+
+
+def _request_slices(ids: list[str], embeddings: list, documents: list[str] | None):
+    """Cut a write into requests the server accepts: at most MAX_BATCH ids and about MAX_BODY bytes of JSON
+    (larger bodies are refused with HTTP 413)."""
+    start, size = 0, 0
+    for i in range(len(ids)):
+        item = 400 + 10 * len(embeddings[i]) + (len(documents[i]) * 2 if documents else 0)
+        if i > start and (i - start >= MAX_BATCH or size + item > MAX_BODY):
+            yield start, i
+            start, size = i, 0
+        size += item
+    if start < len(ids):
+        yield start, len(ids)
 
 
 def ensure_collections(client: Chroma) -> list[str]:
