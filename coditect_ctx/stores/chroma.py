@@ -175,7 +175,20 @@ class Chroma:
         offset: int | None = None,
     ) -> dict:
         body = {"ids": ids, "where": where, "include": list(include), "limit": limit, "offset": offset}
-        return self.request("POST", self._coll(name) + "/get", body)
+        return self._read_with_retry(self._coll(name) + "/get", body)
+
+    def _read_with_retry(self, path: str, body: dict, attempts: int = 4) -> Any:
+        """A read that the server fails with HTTP 5xx while another client writes the same collection
+        ("Error finding id", seen under concurrent upserts) is retried a few times: reads have no side effects."""
+        import time
+
+        for attempt in range(attempts):
+            try:
+                return self.request("POST", path, body)
+            except ChromaHTTPError as exc:
+                if exc.status < 500 or attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def iter_all(self, name: str, include: Iterable[str] = ("metadatas",), page: int = 2000):
         """Every record of a collection, page by page (for validate and backup)."""
