@@ -11,6 +11,18 @@ import typer
 from . import __version__
 from .commands import backup, health, migrate, search, stack
 
+
+def _no_type_for_flags(display_type_rich):
+    """Typer 0.29's Rich help prints `<bool>` beside flags (--json, --version, --help), as if they took a value."""
+
+    def patched(self, ctx):
+        return None if self.is_flag else display_type_rich(self, ctx)
+
+    return patched
+
+
+typer.core.TyperOption.display_type_rich = _no_type_for_flags(typer.core.TyperOption.display_type_rich)
+
 app = typer.Typer(
     name="ctx",
     help="Operate the CODITECT memory-context store: PostgreSQL (record), ChromaDB (semantic search), Redis (cache).",

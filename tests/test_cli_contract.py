@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -38,3 +39,20 @@ def test_help_is_fast_and_imports_nothing_heavy():
             "print('HEAVY', heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_flags_show_no_value_in_help():
+    """`--version`, `--help`, `--json` take no value: help shows none beside them, and still shows `<path>` etc."""
+    env = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1"}
+    top = subprocess.run(["ctx", "--help"], capture_output=True, text=True, env=env, timeout=60).stdout
+    lines = {line.split()[1]: line for line in top.splitlines() if line.startswith("│ --")}
+    assert "<path>" in lines["--home"]
+    for flag in ("--version", "--help"):
+        assert "<" not in lines[flag], lines[flag]
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        subcommands = getattr(command, "commands", {})
+        for argv in ([name], *([name, sub] for sub in subcommands)):
+            text = subprocess.run(["ctx", *argv, "--help"], capture_output=True, text=True, env=env, timeout=60).stdout
+            assert "--help" in text
+            assert "<bool>" not in text, f"ctx {' '.join(argv)} --help:\n{text}"
