@@ -2,7 +2,7 @@
 
 Nothing here is read at import time: `load_settings()` builds a frozen `Settings` each call, so tests and
 long-lived callers can change the environment between calls. Secrets are generated on first setup into
-`$CTX_HOME/.env` (mode 0600) and never printed; `Settings.redacted()` is what may be shown.
+`$CTX_HOME/.env` (mode 0600) and never printed; `redact_url` hides the password of a URL that is shown.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -79,17 +79,6 @@ class Settings:
     @property
     def cache_disabled(self) -> bool:
         return self.redis_server.lower() == "none" or self.redis_url.lower() == "none"
-
-    def redacted(self) -> dict[str, Any]:
-        """Settings fit to print: secrets and URL passwords hidden."""
-        out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            if key in ("pg_password", "redis_password", "chroma_token"):
-                value = "********" if value else ""
-            elif key.endswith("_url") and value:
-                value = redact_url(value)
-            out[key] = str(value) if isinstance(value, Path) else value
-        return out
 
 
 def redact_url(url: str) -> str:

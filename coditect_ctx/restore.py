@@ -207,12 +207,10 @@ def run_validate_hook(settings: Settings) -> list[str]:
     machine restored to may not have). Rows restore marked not embedded are expected, not a failure: they are
     named in the result for `ctx validate --repair`. Anything else raises DataError.
 
-    Returns what was checked; empty when this build has no coditect_ctx.validate.
+    Returns what was checked.
     """
-    try:
-        from .validate import run_validate
-    except ImportError:
-        return []
+    from .validate import run_validate
+
     report = run_validate(settings, repair=False, files=False)
     failures = list(report.problems)
     pending = 0

@@ -583,6 +583,3 @@ def search(settings: Settings, query: SearchQuery, render: Renderer | None = Non
     """One search on the configured store (the CLI's job function)."""
     with Searcher(settings) as searcher:
         return searcher.search(query, render=render, use_cache=use_cache)
-
-
-# -- a cache client that costs nothing to import ------------------------------------------------------------

@@ -59,12 +59,9 @@ def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: 
 
 def _prepare_query_model(settings: Settings, report: Report) -> str:
     """Export the packaged model to ONNX once, so searches start without importing torch."""
-    try:
-        from . import embed
-    except ImportError:  # embedding support not installed in this build
-        return "unavailable"
-    onnx_path = settings.models_path / embed.ONNX_FILENAME if hasattr(embed, "ONNX_FILENAME") else None
-    if onnx_path is None or not onnx_path.exists():
+    from . import embed
+
+    if not (settings.models_path / embed.ONNX_FILENAME).exists():
         report("model: preparing the ONNX export of all-MiniLM-L6-v2 (once, a few seconds)")
     path = embed.ensure_onnx(settings.models_path)
     return str(path)

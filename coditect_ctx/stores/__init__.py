@@ -6,7 +6,6 @@ from functools import cached_property
 
 from ..config import Settings
 from ..runtime import Endpoints, Runtime, get_runtime
-from .cache import Cache
 from .chroma import Chroma
 
 
@@ -36,15 +35,9 @@ class Store:
     def chroma(self) -> Chroma:
         return Chroma(self.endpoints.chroma_url, self.endpoints.chroma_token)
 
-    @cached_property
-    def cache(self) -> Cache:
-        return Cache(self.endpoints.redis_url)
-
     def close(self) -> None:
         if "chroma" in self.__dict__:
             self.chroma.close()
-        if "cache" in self.__dict__:
-            self.cache.close()
 
     def __enter__(self) -> "Store":
         return self
