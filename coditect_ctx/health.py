@@ -241,21 +241,34 @@ def render_nagios(report: HealthReport) -> str:
     return f"CTX {report.status_name}: {text} | {' '.join(perf)}"
 
 
+# Each perfdata label as a Prometheus gauge: name (base units, `_ratio` for a 0-1 fraction), help, and the factor
+# from the Nagios value to the Prometheus one (Nagios perfdata keeps % and hours, what a human reads there).
+PROMETHEUS_METRICS = {
+    "schema_version": ("ctx_schema_version", "Schema version applied in PostgreSQL (0: no ctx schema).", 1),
+    "cache_enabled": ("ctx_cache_enabled", "1 when the Redis cache is configured, 0 when ctx runs with it off.", 1),
+    "disk_used_pct": ("ctx_disk_used_ratio", "Fraction (0-1) of the data directory's file system in use.", 0.01),
+    "embeddings_pending": ("ctx_embeddings_pending", "PostgreSQL rows whose current content has no embeddings yet.", 1),
+    "embedding_mismatch": ("ctx_embedding_mismatch", "Vectors Chroma holds beyond or short of what PostgreSQL expects.", 1),
+    "backup_age_hours": ("ctx_backup_age_seconds", "Age in seconds of the newest complete backup.", 3600),
+}
+
+
 def render_prometheus(report: HealthReport) -> str:
-    """Text exposition format for node_exporter's textfile collector."""
-    lines = [
-        "# HELP ctx_health_status Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-        "# TYPE ctx_health_status gauge",
-        f'ctx_health_status{{runtime="{report.runtime}"}} {report.status}',
-        "# HELP ctx_check_status Status of one check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-        "# TYPE ctx_check_status gauge",
-    ]
-    lines += [f'ctx_check_status{{check="{c.name}"}} {c.status}' for c in report.checks]
-    lines += ["# HELP ctx_check_up 1 when the check passed (OK).", "# TYPE ctx_check_up gauge"]
-    lines += [f'ctx_check_up{{check="{c.name}"}} {1 if c.status == OK else 0}' for c in report.checks]
+    """Text exposition format for node_exporter's textfile collector; every metric with HELP and TYPE."""
+
+    def gauge(name: str, help_text: str, samples: list[tuple[str, object]]) -> list[str]:
+        return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"] + [f"{name}{labels} {value}" for labels, value in samples]
+
+    statuses = "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"
+    lines = gauge("ctx_health_status", f"Overall status: {statuses}.", [(f'{{runtime="{report.runtime}"}}', report.status)])
+    lines += gauge("ctx_check_status", f"Status of one check: {statuses}.",
+                   [(f'{{check="{c.name}"}}', c.status) for c in report.checks])
+    lines += gauge("ctx_check_up", "1 when the check passed (OK), else 0.",
+                   [(f'{{check="{c.name}"}}', 1 if c.status == OK else 0) for c in report.checks])
     metrics = {label: value for c in report.checks for label, (value, *_rest) in c.metrics.items()}
     for label, value in sorted(metrics.items()):
-        name = f"ctx_{label}"
-        lines += [f"# TYPE {name} gauge", f"{name} {_perf_value(value)}"]
-    lines += ["# TYPE ctx_health_duration_seconds gauge", f"ctx_health_duration_seconds {report.duration_s:.3f}"]
+        name, help_text, factor = PROMETHEUS_METRICS.get(label, (f"ctx_{label}", f"{label} (as in the Nagios perfdata).", 1))
+        lines += gauge(name, help_text, [("", _perf_value(round(value * factor, 6)))])
+    lines += gauge("ctx_health_duration_seconds", "Wall time the health run took, in seconds.",
+                   [("", f"{report.duration_s:.3f}")])
     return "\n".join(lines) + "\n"
