@@ -342,8 +342,8 @@ def test_search_never_imports_heavy_libraries_and_text_mode_skips_the_model(samp
 def test_plain_command_lines_skip_typer_and_answer_the_same(samples, cli):
     from coditect_ctx.commands.search import parse_fast
 
-    assert parse_fast(["search", "redis", "--tag", "a", "--tag=b", "-n", "3", "--json"]) == (
-        "redis", {"tags": ["a", "b"], "limit": 3, "mode": "hybrid"}, True)
+    parsed = parse_fast(["search", "redis", "--tag", "a", "--tag=b", "-n", "3", "--json"])  # all forms: test_search_fast_path
+    assert parsed["query"] == "redis" and parsed["tag"] == ["a", "b"] and parsed["limit"] == 3 and parsed["json_out"]
     for unusual in (["search", "--help"], ["search", "a", "b"], ["search", "q", "--limit", "x"], ["health"],
                     ["search", "q", "--type"], ["search", "q", "--verbose"]):
         assert parse_fast(unusual) is None, unusual

@@ -6,6 +6,7 @@ repeated search prints from Redis without importing Rich.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated
 
@@ -42,13 +43,16 @@ def search(
     json_out: JsonOpt = False,
 ) -> None:
     """Find records by meaning and words: full text, trigram and semantic rankings fused. Filters apply before ranking."""
-    options = {"type_": type_, "submodule": submodule, "tags": tag or (), "since": since, "until": until,
-               "privacy": privacy, "limit": limit, "mode": mode}
-    _search(lambda: settings(ctx), query, options, json_out)
+    _search(lambda: settings(ctx), ctx.params)
 
 
-def _search(get_settings, query: str, options: dict, json_out: bool) -> None:
+def _search(get_settings, params: dict) -> None:
+    """Run a search from the command's parameters as Typer names them (ctx.params, or parse_fast's equal)."""
     from ..search import make_query, search as run_search
+
+    options = dict(params)
+    query, json_out = options.pop("query"), options.pop("json_out")
+    options["tags"] = options.pop("tag") or ()
 
     def body() -> int:
         q = make_query(query, **options)
@@ -69,26 +73,30 @@ def _search(get_settings, query: str, options: dict, json_out: bool) -> None:
 
 # `ctx search` straight from argv, before Typer builds its command tree: Typer (0.29) builds a pydantic
 # TypeAdapter per parameter, and importing pydantic costs more than a whole cached search. Only the plain forms are
-# taken here (`ctx search QUERY [options]`); --help, global options or anything unusual go through Typer as usual.
-_VALUE_OPTIONS = {"--type": "type_", "-t": "type_", "--submodule": "submodule", "-s": "submodule", "--tag": "tags",
+# taken here (`ctx search QUERY [options]`, `--long value`, `--long=value`, `-s value`, integers as ASCII digits);
+# --help, `--`, global options, attached short values or anything unusual return None and go through Typer.
+# tests/test_search_fast_path.py proves both parse alike and that this table covers every option of `search`.
+_VALUE_OPTIONS = {"--type": "type_", "-t": "type_", "--submodule": "submodule", "-s": "submodule", "--tag": "tag",
                   "--since": "since", "--until": "until", "--privacy": "privacy", "--limit": "limit", "-n": "limit",
                   "--mode": "mode", "-m": "mode"}
+_FLAG_OPTIONS = {"--json": "json_out"}
+_LIST_PARAMS, _INT_PARAMS = {"tag"}, {"limit"}
+_DEFAULTS = {"type_": None, "submodule": None, "tag": (), "since": None, "until": None, "privacy": None, "limit": 10,
+             "mode": "hybrid", "json_out": False}
 
 
-def parse_fast(argv: list[str]) -> tuple[str, dict, bool] | None:
-    """(query, options, json) for a plain `search` command line, or None to let Typer handle it."""
+def parse_fast(argv: list[str]) -> dict | None:
+    """The parameters Typer would pass `search` for a plain `search` command line, or None to let Typer handle it."""
     if not argv or argv[0] != "search":
         return None
-    options: dict = {"tags": [], "limit": 10, "mode": "hybrid"}
-    query: str | None = None
-    json_out = False
+    params: dict = {"query": None, **_DEFAULTS, "tag": []}
     args = iter(argv[1:])
     for arg in args:
-        if arg == "--json":
-            json_out = True
+        if arg in _FLAG_OPTIONS:
+            params[_FLAG_OPTIONS[arg]] = True
             continue
         if arg.startswith("-") and arg != "-":
-            name, eq, value = arg.partition("=")
+            name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
             key = _VALUE_OPTIONS.get(name)
             if key is None:
                 return None
@@ -96,32 +104,32 @@ def parse_fast(argv: list[str]) -> tuple[str, dict, bool] | None:
                 value = next(args, None)
                 if value is None:
                     return None
-            if key == "tags":
-                options["tags"].append(value)
-            elif key == "limit":
-                if not value.lstrip("-").isdigit():
+            if key in _LIST_PARAMS:
+                params[key].append(value)
+            elif key in _INT_PARAMS:
+                if not re.fullmatch(r"-?[0-9]+", value):
                     return None
-                options["limit"] = int(value)
+                params[key] = int(value)
             else:
-                options[key] = value
+                params[key] = value
             continue
-        if query is not None:
+        if params["query"] is not None:
             return None
-        query = arg
-    if query is None:
+        params["query"] = arg
+    if params["query"] is None:
         return None
-    return query, options, json_out
+    params["tag"] = params["tag"] or ()
+    return params
 
 
 def fast_main(argv: list[str]) -> bool:
     """Run `ctx search` without Typer when the command line is a plain one; False = not handled."""
-    parsed = parse_fast(argv)
-    if parsed is None:
+    params = parse_fast(argv)
+    if params is None:
         return False
     from ..config import load_settings
 
-    query, options, json_out = parsed
-    _search(load_settings, query, options, json_out)
+    _search(load_settings, params)
     return True
 
 
