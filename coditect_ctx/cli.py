@@ -27,7 +27,6 @@ app = typer.Typer(
     name="ctx",
     help="Operate the CODITECT memory-context store: PostgreSQL (record), ChromaDB (semantic search), Redis (cache).",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -54,4 +53,4 @@ for module in (stack, health, migrate, backup, search):
 
 def main() -> None:
     if not search.fast_main(sys.argv[1:]):  # a plain `ctx search` skips Typer's start-up cost
-        app()
+        app(prog_name="ctx")  # also under `python -m coditect_ctx`: one completion variable, _CTX_COMPLETE

@@ -10,13 +10,22 @@ from typing import Annotated, Iterator
 import typer
 
 from .. import output
-from .common import JsonOpt, YesOpt, settings
+from .common import JsonOpt, YesOpt, complete, completion_settings, settings
 
 DestOpt = Annotated[
     Path | None,
     typer.Option("--dest", help="Backups folder (CTX_BACKUP_DIR; default: $CTX_HOME/backups).", show_default=False),
 ]
-BackupArg = Annotated[str, typer.Argument(help="A backup folder, or a backup name from `ctx backup list`.")]
+
+
+def _backup_names(ctx: typer.Context) -> list[str]:
+    from ..backup import list_backups
+
+    return [b.name for b in list_backups(completion_settings(ctx).backups_path) if b.complete]
+
+
+BackupArg = Annotated[str, typer.Argument(help="A backup folder, or a backup name from `ctx backup list`.",
+                                          autocompletion=complete(_backup_names))]
 
 backup_app = typer.Typer(
     help="Take a backup (PostgreSQL dump + Chroma export + manifest); verify, list and prune backups.",

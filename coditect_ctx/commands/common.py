@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, Iterable
 
 import typer
 
@@ -22,3 +22,27 @@ def settings(ctx: typer.Context, **flags: Any) -> Settings:
     base = dict(ctx.obj or {}) if ctx is not None else {}
     base.update({k: v for k, v in flags.items() if v is not None})
     return load_settings(**base)
+
+
+def complete(values: Callable[[typer.Context], Iterable[str]]) -> Callable[[typer.Context, str], list[str]]:
+    """A shell-completion callback offering the `values(ctx)` that start with what was typed; never breaks the shell."""
+
+    def callback(ctx: typer.Context, incomplete: str) -> list[str]:
+        try:
+            return [v for v in values(ctx) if v.startswith(incomplete)]
+        except Exception:
+            return []
+
+    return callback
+
+
+def completion_settings(ctx: typer.Context) -> Settings:
+    """Settings while the shell completes: options are parsed but no callback ran, so ctx.obj is still empty."""
+    flags: dict[str, str] = {}
+    level = ctx
+    while level is not None:
+        for option, setting in (("home", "home"), ("dest", "backup_dir")):
+            if level.params.get(option) and setting not in flags:
+                flags[setting] = str(level.params[option])
+        level = level.parent
+    return load_settings(**flags)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import output
-from .common import JsonOpt, settings
+from .common import JsonOpt, complete, settings
 
 ID_CHARS = 13  # "xxxxxxxx-xxxx": 48 bits, unique in any real store; `ctx show` takes it (or the whole id)
 
@@ -23,11 +23,17 @@ def register(app: typer.Typer) -> None:
     app.command()(show)
 
 
+def _record_types(ctx: typer.Context) -> tuple[str, ...]:
+    from ..search import TYPES
+
+    return TYPES
+
+
 def search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="What to look for, as you would ask it. \"quotes\" for a phrase, -word to exclude.")],
     type_: Annotated[str | None, typer.Option("--type", "-t", help="Only session, checkpoint, pattern or message.",
-                                              show_default=False)] = None,
+                                              show_default=False, autocompletion=complete(_record_types))] = None,
     submodule: Annotated[str | None, typer.Option("--submodule", "-s", help="Only records of this submodule.",
                                                   show_default=False)] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only records with this tag (repeat: all of them).",

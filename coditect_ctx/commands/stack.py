@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import output
-from .common import JsonOpt, RuntimeOpt, YesOpt, settings
+from .common import JsonOpt, RuntimeOpt, YesOpt, complete, settings
 
 
 def register(app: typer.Typer) -> None:
@@ -130,9 +130,15 @@ def down(
     output.run(body, json_out)
 
 
+def _services(ctx: typer.Context) -> tuple[str, ...]:
+    from ..runtime.base import SERVICES
+
+    return SERVICES
+
+
 def logs(
     ctx: typer.Context,
-    service: Annotated[str, typer.Argument(help="postgres, chroma or redis")],
+    service: Annotated[str, typer.Argument(help="postgres, chroma or redis", autocompletion=complete(_services))],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
 ) -> None:
