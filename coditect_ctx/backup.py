@@ -32,7 +32,7 @@ from typing import Callable
 
 from . import __version__
 from .config import Settings
-from .errors import ConfigError, DataError, UsageError
+from .errors import ConfigError, DataError, ServiceError, UsageError
 from .stores import Store
 from .stores import postgres as pg
 from .stores.chroma import COLLECTIONS
@@ -229,8 +229,6 @@ def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -
     """pg_dump from a snapshot we hold open; return, from the same snapshot, the embedded rows per kind."""
     from psycopg import IsolationLevel
 
-    from .runtime import probes
-
     conn = store.pg()
     try:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -263,8 +261,8 @@ def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -
         conn.close()
     try:
         manifest["chroma_server_version"] = store.chroma.version()
-    except Exception:  # a version string is nice to have, never a reason to fail a backup
-        manifest["chroma_server_version"] = probes.chroma_version(store.endpoints.chroma_url, store.endpoints.chroma_token)
+    except ServiceError:  # a version string is nice to have, never a reason to fail a backup
+        manifest["chroma_server_version"] = "unknown"
     return wanted
 
 

@@ -46,6 +46,9 @@ class Settings:
     chroma_port: int = 18000
     chroma_url: str = ""  # external runtime
     chroma_token: str = ""
+    chroma_tenant: str = "default_tenant"
+    chroma_database: str = "default_database"
+    chroma_read_timeout: float = 120.0  # seconds one Chroma request may take once connected (a large upsert)
     # Redis
     redis_port: int = 16379
     redis_password: str = ""
@@ -61,7 +64,7 @@ class Settings:
     backup_max_age_hours: float = 26.0
     disk_warn_percent: float = 90.0
     disk_crit_percent: float = 97.0
-    timeout: float = 3.0  # per-check network timeout, seconds
+    timeout: float = 3.0  # seconds to connect to a service; also each health check and status probe's whole budget
     start_timeout: float = 60.0  # how long setup waits for a service to answer
 
     @property

@@ -98,13 +98,14 @@ def check_postgres(store: Store, timeout: float) -> Check:
 
 
 def check_chroma(store: Store, timeout: float) -> Check:
-    url, token = store.endpoints.chroma_url, store.endpoints.chroma_token
+    chroma = store.open_chroma(read_timeout=timeout)
     try:
-        probes.chroma_get(url, "/api/v2/heartbeat", token, timeout)
-        names = {c["name"] for c in probes.chroma_get(
-            url, "/api/v2/tenants/default_tenant/databases/default_database/collections?limit=1000", token, timeout)}
+        chroma.heartbeat()
+        names = {c["name"] for c in chroma.list_collections()}
     except Exception as exc:
-        return Check("chroma", CRITICAL, f"Chroma unreachable at {url}: {_short(exc)}")
+        return Check("chroma", CRITICAL, f"Chroma unreachable at {chroma.url}: {_short(exc)}")
+    finally:
+        chroma.close()
     missing = sorted(set(COLLECTIONS.values()) - names)
     if missing:
         return Check("chroma", CRITICAL, f"Chroma up, collections missing: {', '.join(missing)} (run `ctx setup`)")
@@ -150,9 +151,7 @@ def check_drift(store: Store, timeout: float) -> Check:
                     f" count(*) FILTER (WHERE embedded_sha256 IS DISTINCT FROM content_sha256) FROM {table}"
                 ).fetchone()
                 expected[kind], pending = int(n_vec), pending + int(n_pending)
-        from .stores.chroma import Chroma
-
-        chroma = Chroma(store.endpoints.chroma_url, store.endpoints.chroma_token, timeout=timeout)
+        chroma = store.open_chroma(read_timeout=timeout)
         try:
             actual = {kind: chroma.count(COLLECTIONS[kind]) for kind in EMBEDDED_TABLES}
         finally:

@@ -176,7 +176,7 @@ def _scan_chroma(store: Store, report: ValidateReport) -> dict[str, list[tuple[s
     out: dict[str, list[tuple[str, dict]]] = {}
     try:
         for kind, name in COLLECTIONS.items():
-            info = store.chroma.request("GET", store.chroma._base() + "/collections/" + name)
+            info = store.chroma.collection(name)
             dim = info.get("dimension")
             if dim not in (None, DIMENSION):
                 report.problems.append(f"collection {name} holds {dim}-dimensional vectors, expected {DIMENSION}")

@@ -190,6 +190,25 @@ def test_bad_chroma_token_or_redis_password_fail_clearly(services, tmp_path, ove
     assert_no_secret(result.stdout, result.stderr)
 
 
+def test_chroma_tenant_and_database_come_from_settings(services, tmp_path):
+    """A database the server lacks is named by its setting; one that exists holds ctx's collections, not the default."""
+    from coditect_ctx.chroma_http import ChromaConnection
+    from coditect_ctx.stores.chroma import COLLECTIONS
+
+    missing = ctx(services, tmp_path / "a", "setup", "--runtime", "external", CTX_CHROMA_DATABASE="ctx_elsewhere")
+    assert missing.exit_code == 3
+    assert "has no database 'ctx_elsewhere'" in missing.stderr and "CTX_CHROMA_DATABASE" in missing.stderr
+    admin = ChromaConnection(services.chroma_url, CHROMA_TOKEN)
+    admin.request("POST", "/tenants/default_tenant/databases", {"name": "ctx_elsewhere"})
+    made = ctx(services, tmp_path / "b", "setup", "--runtime", "external", CTX_CHROMA_DATABASE="ctx_elsewhere")
+    assert made.exit_code == 0, made.stderr + made.stdout
+    admin.database = "ctx_elsewhere"
+    assert set(COLLECTIONS.values()) <= {c["name"] for c in admin.list_collections()}
+    health = ctx(services, tmp_path / "b", "health", "--json", CTX_CHROMA_DATABASE="ctx_elsewhere")
+    assert json.loads(health.stdout)["status"] == "OK", health.stdout
+    admin.close()
+
+
 def test_missing_or_malformed_settings_are_config_errors(services, tmp_path):
     missing = ctx(services, tmp_path / "h", "setup", "--runtime", "external", CTX_PG_URL="")
     assert missing.exit_code == 2 and "CTX_PG_URL is not set" in missing.stderr

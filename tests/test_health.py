@@ -31,6 +31,16 @@ def test_all_ok(stack):
     assert "'disk_used_pct'=" in line
 
 
+def test_health_goes_where_search_goes_whatever_http_proxy_says(stack):
+    """Every Chroma call is direct: a proxy variable pointing nowhere changes no verdict (urllib would follow it)."""
+    env = {**os.environ, **settings_env(stack), "http_proxy": "http://127.0.0.1:1", "HTTP_PROXY": "http://127.0.0.1:1",
+           "no_proxy": "", "NO_PROXY": ""}
+    proc = subprocess.run([sys.executable, "-m", "coditect_ctx", "health", "--json"], env=env,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    chroma = [c for c in json.loads(proc.stdout)["checks"] if c["name"] == "chroma"][0]
+    assert chroma["status"] == "OK", chroma
+
+
 def test_json_and_prometheus(stack, tmp_path):
     proc, _ = _health(stack, "--json")
     data = json.loads(proc.stdout)

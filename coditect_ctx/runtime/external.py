@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
+from ..chroma_http import ChromaConnection, ChromaHTTPError
 from ..config import Settings, redact_url
 from ..errors import ConfigError, ServiceError, UsageError
 from .base import Endpoints, Runtime, ServiceStatus
@@ -189,12 +190,10 @@ def _require_ddl(conn, user: str, schema: str | None, params: dict[str, str]) ->
         )
 
 
-def check_chroma(url: str, token: str | None, timeout: float) -> str:
-    """Heartbeat (reachability, TLS) and an authenticated read (the token); return the server version."""
-    from ..stores.chroma import Chroma, ChromaHTTPError
-
-    client = Chroma(url, token, timeout=timeout)
-    shown = redact_url(url)
+def check_chroma(client: ChromaConnection) -> str:
+    """Heartbeat (reachability, TLS) and an authenticated read (the token, the database); return the server
+    version. Closes the client."""
+    shown, token = redact_url(client.url), client.token
     try:
         try:
             client.heartbeat()
@@ -209,13 +208,17 @@ def check_chroma(url: str, token: str | None, timeout: float) -> str:
             raise Unreachable(f"chroma: cannot reach {shown} (CTX_CHROMA_URL): {cause or exc.message}",
                               hint="Check the host and port in CTX_CHROMA_URL and that the server runs.", service="chroma") from None
         try:
-            client.list_collections()
+            client.database_info()
         except ChromaHTTPError as exc:
             if exc.status in (401, 403):
                 what = "was refused" if token else "is missing"
                 raise ServiceError(f"chroma: the token {what} at {shown} (HTTP {exc.status}): CTX_CHROMA_TOKEN",
                                    hint="Set CTX_CHROMA_TOKEN to the token the Chroma server (or its proxy) expects.",
                                    service="chroma") from None
+            if exc.status in (400, 404):
+                raise ServiceError(f"chroma: {shown} has no database {client.database!r} in tenant {client.tenant!r} "
+                                   f"(HTTP {exc.status}): CTX_CHROMA_TENANT / CTX_CHROMA_DATABASE",
+                                   hint="Create them on the server, or name ones that exist.", service="chroma") from None
             raise
         try:
             return client.version()
@@ -334,6 +337,9 @@ class ExternalRuntime(Runtime):
         return Endpoints(pg_url=pg_url, chroma_url=chroma_url, chroma_token=s.chroma_token or None,
                          redis_url=redis_url, redis_note=note)
 
+    def _chroma(self, ep: Endpoints) -> ChromaConnection:
+        return ChromaConnection.for_settings(self.settings, ep.chroma_url, ep.chroma_token, read_timeout=self.settings.timeout)
+
     # -- validation --------------------------------------------------------------------------------------
     def validate_connection(self, require_ddl: bool = False, report: _Report = lambda msg: None) -> dict[str, str]:
         """Check every service as ctx will use it; return their versions. Raises the first problem, by setting."""
@@ -342,7 +348,7 @@ class ExternalRuntime(Runtime):
         versions = {"postgres": check_postgres(ep.pg_url, t, require_ddl=require_ddl)}
         report(f"postgres: {pg_target(pg_params(ep.pg_url))} answers (PostgreSQL {versions['postgres']}, "
                f"sslmode={pg_params(ep.pg_url).get('sslmode') or 'prefer'})")
-        versions["chroma"] = check_chroma(ep.chroma_url, ep.chroma_token, t)
+        versions["chroma"] = check_chroma(self._chroma(ep))
         report(f"chroma: {redact_url(ep.chroma_url)} answers (version {versions['chroma']}"
                f"{', token accepted' if ep.chroma_token else ''})")
         if ep.redis_url:
@@ -374,7 +380,7 @@ class ExternalRuntime(Runtime):
         t = self.settings.timeout
         params = pg_params(ep.pg_url)
         out = [self._status("postgres", pg_target(params).split("@", 1)[-1], lambda: check_postgres(ep.pg_url, t))]
-        out.append(self._status("chroma", redact_url(ep.chroma_url), lambda: check_chroma(ep.chroma_url, ep.chroma_token, t)))
+        out.append(self._status("chroma", redact_url(ep.chroma_url), lambda: check_chroma(self._chroma(ep))))
         if ep.redis_url is None:
             out.append(ServiceStatus("redis", self.name, "-", False, None, ep.redis_note, {"disabled": True}))
         else:

@@ -1,14 +1,25 @@
 """Readiness probes: a real round trip to each service (SELECT 1, PING, the v2 heartbeat), short timeouts.
 
-Used by runtimes while they wait and by `ctx health`; light imports only (no chromadb).
+Used by runtimes while they wait and to report their services; light imports only (no chromadb, no redis-py for
+plain redis://). Chroma and Redis are spoken through the shared low-level clients (chroma_http.py, resp.py).
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from typing import Any
+from contextlib import closing
+from typing import Callable
+
+from ..chroma_http import ChromaConnection
+from ..errors import ServiceError
+
+
+def answers(probe: Callable[[], object]) -> bool:
+    """True when the probe gets its answer, False whatever goes wrong: for polling until a service is up."""
+    try:
+        probe()
+        return True
+    except Exception:
+        return False
 
 
 def pg_version(url: str, timeout: float = 3.0) -> str:
@@ -21,41 +32,25 @@ def pg_version(url: str, timeout: float = 3.0) -> str:
 
 
 def pg_ready(url: str, timeout: float = 2.0) -> bool:
-    try:
-        pg_version(url, timeout)
-        return True
-    except Exception:
-        return False
+    return answers(lambda: pg_version(url, timeout))
 
 
-def chroma_get(base_url: str, path: str, token: str | None = None, timeout: float = 3.0) -> Any:
-    req = urllib.request.Request(base_url.rstrip("/") + path, headers=chroma_headers(token))
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"null")
+def chroma_version(url: str, token: str | None = None, timeout: float = 3.0) -> str:
+    """Heartbeat, then the server version ("unknown" when only the heartbeat answers). Raises ServiceError."""
+    with closing(ChromaConnection(url, token, timeout=timeout)) as client:
+        client.heartbeat()
+        try:
+            return client.version()
+        except ServiceError:
+            return "unknown"
 
 
-def chroma_headers(token: str | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-        headers["X-Chroma-Token"] = token
-    return headers
+def chroma_ready(url: str, token: str | None = None, timeout: float = 2.0) -> bool:
+    def heartbeat() -> int:
+        with closing(ChromaConnection(url, token, timeout=timeout)) as client:
+            return client.heartbeat()
 
-
-def chroma_version(base_url: str, token: str | None = None, timeout: float = 3.0) -> str:
-    chroma_get(base_url, "/api/v2/heartbeat", token, timeout)
-    try:
-        return str(chroma_get(base_url, "/api/v2/version", token, timeout))
-    except (urllib.error.URLError, OSError, ValueError):
-        return "unknown"
-
-
-def chroma_ready(base_url: str, token: str | None = None, timeout: float = 2.0) -> bool:
-    try:
-        chroma_get(base_url, "/api/v2/heartbeat", token, timeout)
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return answers(heartbeat)
 
 
 def redis_info(url: str, timeout: float = 3.0) -> str:
@@ -84,9 +79,4 @@ def redis_info(url: str, timeout: float = 3.0) -> str:
 
 
 def redis_ready(url: str, timeout: float = 1.0) -> bool:
-    try:
-        redis_info(url, timeout)
-        return True
-    except Exception:
-        return False
-
+    return answers(lambda: redis_info(url, timeout))

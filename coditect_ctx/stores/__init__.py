@@ -1,4 +1,8 @@
-"""One handle on the three stores, opened lazily: a job asks for what it uses and pays for nothing else."""
+"""One handle on the three stores, opened lazily: a job asks for what it uses and pays for nothing else.
+
+`Store` owns the way from settings to clients: the runtime's addresses (`Endpoints`, the only thing it takes from
+runtime/), PostgreSQL connections and the Chroma client. The search cache is opened by the searcher itself.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,12 @@ class Store:
 
     @cached_property
     def chroma(self) -> Chroma:
-        return Chroma(self.endpoints.chroma_url, self.endpoints.chroma_token)
+        return self.open_chroma()
+
+    def open_chroma(self, read_timeout: float | None = None) -> Chroma:
+        """A Chroma client of its own (the caller closes it): for another thread, or a shorter read timeout."""
+        ep = self.endpoints
+        return Chroma.for_settings(self.settings, ep.chroma_url, ep.chroma_token, read_timeout=read_timeout)
 
     def close(self) -> None:
         if "chroma" in self.__dict__:

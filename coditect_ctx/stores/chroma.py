@@ -1,23 +1,19 @@
-"""Chroma through its v2 REST API, with one kept-alive HTTP connection.
+"""The Chroma store: the collections ctx keeps (one per record kind), their records, and the contract between
+the vectors migrate writes and what search and validate read (ids, metadata).
 
-Why not the `chromadb` client: importing it costs more than a whole `ctx search` may take, and it would pull in
-an embedding function that downloads a model at run time (impossible here). ctx computes embeddings itself and
-only needs a handful of endpoints, so this thin client speaks them directly. The `chromadb` package is still a
-dependency: it provides the server (`chroma run`) of the local runtime.
+`Chroma` is the one client every job uses (through `Store.chroma`); its transport, timeouts and database come
+from chroma_http.py, which the runtimes' probes share without importing this package.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import socket
 from typing import Any, Iterable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from ..errors import ServiceError
+from ..chroma_http import ChromaConnection, ChromaHTTPError
 
-TENANT = "default_tenant"
-DATABASE = "default_database"
+__all__ = ["Chroma", "ChromaHTTPError", "COLLECTIONS", "ensure_collections", "vector_id", "record_id_of", "vector_metadata"]
+
 # Chroma refuses larger batches (its max_batch_size); stay a little under it.
 MAX_BATCH = 5000
 MAX_BODY = 6_000_000
@@ -30,82 +26,16 @@ COLLECTIONS = {
 }
 
 
-class ChromaHTTPError(ServiceError):
-    def __init__(self, status: int, body: str, path: str):
-        super().__init__(
-            f"chroma: {path} answered HTTP {status}: {body[:300]}",
-            hint="Check the Chroma server log (`ctx status` shows where it runs).",
-            service="chroma",
-        )
-        self.status = status
+class Chroma(ChromaConnection):
+    """Collections and records in the configured tenant and database (CTX_CHROMA_TENANT, CTX_CHROMA_DATABASE)."""
 
-
-class Chroma:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
-        parts = urlsplit(url)
-        self.scheme = parts.scheme or "http"
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (443 if self.scheme == "https" else 8000)
-        self.prefix = parts.path.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
+    def __init__(self, url: str, token: str | None = None, **options: Any):
+        super().__init__(url, token, **options)
         self._ids: dict[str, str] = {}
-        self.url = url
-
-    # -- transport ---------------------------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self.host, self.port, timeout=self.timeout)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-            headers["X-Chroma-Token"] = self.token
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        full = self.prefix + "/api/v2" + path
-        for attempt in (1, 2):  # a kept-alive connection the server closed is retried once on a new one
-            conn = self._connection()
-            try:
-                conn.request(method, full, body=payload, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                break
-            except (http.client.HTTPException, ConnectionError, socket.timeout, OSError) as exc:
-                self.close()
-                if attempt == 2 or isinstance(exc, socket.timeout):
-                    raise ServiceError(
-                        f"chroma: no answer from {self.url} ({type(exc).__name__}: {exc})",
-                        hint="Is Chroma running? `ctx status` shows the services; `ctx setup` starts them.",
-                        service="chroma",
-                    ) from exc
-        if resp.status >= 400:
-            raise ChromaHTTPError(resp.status, data.decode("utf-8", "replace"), path)
-        return json.loads(data) if data else None
 
     # -- collections -------------------------------------------------------------------------------------
-    def _base(self) -> str:
-        return f"/tenants/{TENANT}/databases/{DATABASE}"
-
-    def heartbeat(self) -> int:
-        return self.request("GET", "/heartbeat").get("nanosecond heartbeat", 0)
-
-    def version(self) -> str:
-        return str(self.request("GET", "/version"))
-
-    def list_collections(self) -> list[dict]:
-        return self.request("GET", self._base() + "/collections?limit=1000") or []
+    def _named(self, name: str) -> str:
+        return self.database_path() + "/collections/" + quote(name, safe="")
 
     def ensure_collection(self, name: str) -> str:
         """Create the collection (cosine space) if missing; return its id. Idempotent."""
@@ -115,15 +45,20 @@ class Chroma:
             "configuration": {"hnsw": {"space": "cosine"}},
             "get_or_create": True,
         }
-        coll = self.request("POST", self._base() + "/collections", body)
+        coll = self.request("POST", self.database_path() + "/collections", body)
         self._ids[name] = coll["id"]
         return coll["id"]
 
     def collection_id(self, name: str) -> str:
         if name not in self._ids:
-            coll = self.request("GET", self._base() + "/collections/" + quote(name, safe=""))
-            self._ids[name] = coll["id"]
+            self.collection(name)
         return self._ids[name]
+
+    def collection(self, name: str) -> dict:
+        """The collection's description (id, metadata, dimension); ChromaHTTPError 404 when it does not exist."""
+        coll = self.request("GET", self._named(name))
+        self._ids[name] = coll["id"]
+        return coll
 
     def has_collection(self, name: str) -> bool:
         try:
@@ -136,14 +71,14 @@ class Chroma:
 
     def delete_collection(self, name: str) -> None:
         try:
-            self.request("DELETE", self._base() + "/collections/" + quote(name, safe=""))
+            self.request("DELETE", self._named(name))
         except ChromaHTTPError as exc:
             if exc.status not in (400, 404):
                 raise
         self._ids.pop(name, None)
 
     def _coll(self, name: str) -> str:
-        return self._base() + "/collections/" + self.collection_id(name)
+        return self.database_path() + "/collections/" + self.collection_id(name)
 
     # -- records -----------------------------------------------------------------------------------------
     def count(self, name: str) -> int:
