@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -248,73 +247,52 @@ def test_restore_refuses_damaged_newer_or_unconfirmed(fresh_stack, cli, tmp_path
 
 
 # -- consistency under a concurrent writer -----------------------------------------------------------------
-class Writer(threading.Thread):
-    """Writes like migrate does: row (not embedded) -> vectors -> mark embedded; also re-embeds old rows."""
-
-    def __init__(self, settings):
-        super().__init__(daemon=True)
-        self.settings = settings
-        self.stop = threading.Event()
-        self.inserted = 0
-        self.reembedded = 0
-        self.error: BaseException | None = None
-
-    def run(self):
-        try:
-            with Store(self.settings) as store:
-                with store.pg(autocommit=True) as conn:
-                    sub = conn.execute("SELECT id FROM submodule_registry LIMIT 1").fetchone()[0]
-                    i = 0
-                    while not self.stop.is_set():
-                        i += 1
-                        content = f"writer message {i} {uuid.uuid4()}"
-                        sha = _sha(content)
-                        rid = str(conn.execute(
-                            "INSERT INTO messages (identity, submodule_id, role, content, content_sha256)"
-                            " VALUES (%s, %s, 'assistant', %s, %s) RETURNING id", (f"w-{uuid.uuid4()}", sub, content, sha)
-                        ).fetchone()[0])
-                        self._embed(store, conn, rid, content, sha)
-                        self.inserted += 1
-                        if i % 3 == 0:  # change an existing row's text and embed it again
-                            old = conn.execute("SELECT id FROM messages ORDER BY random() LIMIT 1").fetchone()[0]
-                            content = f"rewritten {uuid.uuid4()}"
-                            sha = _sha(content)
-                            conn.execute("UPDATE messages SET content = %s, content_sha256 = %s WHERE id = %s",
-                                         (content, sha, old))
-                            self._embed(store, conn, str(old), content, sha)
-                            self.reembedded += 1
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    def _embed(self, store, conn, rid, content, sha):
-        name = COLLECTIONS["message"]
-        old = conn.execute("SELECT embedded_chunks FROM messages WHERE id = %s", (rid,)).fetchone()[0]
-        if old:
-            store.chroma.delete(name, ids=[vector_id(rid, c) for c in range(old)])
-        meta = vector_metadata(record_type="message", record_id=rid, chunk=0, submodule="w", title="w", timestamp=None,
-                               privacy_level="TEAM", tags=[], content_sha256=sha)
-        store.chroma.upsert(name, [vector_id(rid, 0)], _unit_vectors(1, hash(rid) % 10000), [meta], [content])
-        conn.execute("UPDATE messages SET embedded_sha256 = %s, embedded_chunks = 1 WHERE id = %s AND content_sha256 = %s",
-                     (sha, rid, sha))
+def _many_messages(folder: Path, n: int) -> Path:
+    """A MEMORY-CONTEXT of n distinct messages: several embedding batches, so migrate is still writing rows,
+    vectors and embedded marks while a backup runs."""
+    by_checkpoint = folder / "MEMORY-CONTEXT" / "messages" / "by-checkpoint"
+    by_checkpoint.mkdir(parents=True)
+    checkpoint = "2025-03-01T00-00-00Z-Bulk-load"
+    lines = [json.dumps({"message": {"index": i, "role": ("user", "assistant")[i % 2],
+                                     "content": f"bulk message {i}: backups of a store that is written to, "
+                                                f"case {i * 7919 % 10007} of {i % 13} on shard {i % 29}"},
+                         "first_seen": "2025-03-01T00:00:00+00:00", "checkpoint": checkpoint}) for i in range(n)]
+    (by_checkpoint / f"{checkpoint}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
 
 
-def test_backup_during_writes_restores_consistent(fresh_stack, cli):
+def _messages(store: Store) -> tuple[int, int]:
+    """(rows, rows marked embedded) in messages."""
+    with store.pg() as conn:
+        return conn.execute("SELECT count(*), count(embedded_sha256) FROM messages").fetchone()
+
+
+def test_backup_during_a_real_migrate_restores_consistent(fresh_stack, cli, tmp_path):
     settings = fresh_stack
     with Store(settings) as store:
-        seed(store, n=150)
-    writer = Writer(settings)
-    writer.start()
+        seed(store, n=50)
+        before = _messages(store)
+    source = _many_messages(tmp_path / "bulk", 4000)
+    migrate = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(source), "--json"],
+                               env={**os.environ, **settings_env(settings)}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    made = None  # the first backup during which migrate marked rows embedded (their vectors written just before)
     try:
-        while writer.inserted < 5 and writer.error is None:
-            time.sleep(0.05)
-        at_start = writer.inserted
-        made = bk.create_backup(settings)
-        during = writer.inserted - at_start
+        with Store(settings) as store:
+            embedded = _messages(store)[1]
+            while made is None and migrate.poll() is None:
+                backup = bk.create_backup(settings)
+                embedded, at_start = _messages(store)[1], embedded
+                if embedded != at_start:
+                    made = backup
+        out, err = migrate.communicate(timeout=900)
     finally:
-        writer.stop.set()
-        writer.join(30)
-    assert writer.error is None, writer.error
-    assert during > 0, "the writer wrote nothing while the backup ran: the test proves nothing"
+        if migrate.poll() is None:
+            migrate.kill()
+            migrate.communicate()
+    assert migrate.returncode == 0, err
+    assert json.loads(out)["ok"] is True
+    assert made is not None, "migrate embedded nothing while a backup ran: the test proves nothing"
     result = cli(settings, "restore", str(made.path), "--yes", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     with Store(settings) as store:
@@ -324,8 +302,8 @@ def test_backup_during_writes_restores_consistent(fresh_stack, cli):
             unembedded = conn.execute("SELECT count(*) FROM messages WHERE embedded_sha256 IS NULL").fetchone()[0]
     assert rows == made.manifest["postgres"]["rows"]["messages"]
     listed = len(made.manifest["chroma"]["not_embedded"]["message"])
-    # rows the snapshot saw half-way (inserted, not yet marked) and rows whose vectors moved on come back unembedded
-    assert unembedded >= listed
+    # rows the snapshot saw before migrate marked them embedded come back unembedded, for the next migrate
+    assert rows == before[0] + 4000 and unembedded >= listed
 
 
 # -- a killed backup, and no password on a command line ---------------------------------------------------
@@ -537,7 +515,6 @@ def test_backup_and_health_run_plain_under_cron(stack, tmp_path):
 
 # -- migrate, back up, restore -----------------------------------------------------------------------------
 def test_migrated_demo_survives_backup_and_restore(fresh_stack, cli):
-    pytest.importorskip("coditect_ctx.migrate")
     from coditect_ctx.migrate import run_migrate
 
     settings = fresh_stack

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import typer.main
 
@@ -31,8 +30,8 @@ def test_every_command_has_help_and_a_readme_mention(cli):
         assert cli(None, name, "--help").exit_code == 0
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys, time; t=time.perf_counter(); sys.argv=['ctx','--help']\n"
+def test_help_imports_nothing_heavy():
+    code = ("import sys; sys.argv=['ctx','--help']\n"
             "from coditect_ctx.cli import app\n"
             "try:\n    app()\nexcept SystemExit:\n    pass\n"
             "heavy=[m for m in ('torch','sentence_transformers','chromadb','onnxruntime','docker','psycopg','redis') if m in sys.modules]\n"

@@ -20,7 +20,7 @@ from coditect_ctx import embed
 from coditect_ctx.errors import UsageError
 from coditect_ctx.search import make_query, search
 
-from .conftest import SAMPLES, _short_tmp, _start, make_settings, settings_env
+from .conftest import SAMPLES, _short_tmp, _start, make_settings, settings_env, with_settings
 
 DEMO = SAMPLES / "coditect-demo"
 
@@ -351,8 +351,11 @@ def test_plain_command_lines_skip_typer_and_answer_the_same(samples, cli):
     proc = subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env={**os.environ, **settings_env(samples)},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    in_process = json.loads(cli(samples, *args).stdout)
-    assert [r["id"] for r in json.loads(proc.stdout)["results"]] == [r["id"] for r in in_process["results"]]
+    # Typer's path with the cache off: a fresh answer, not the one the fast path just stored in Redis
+    in_process = json.loads(cli(with_settings(samples, redis_server="none"), *args).stdout)
+    assert in_process["cache"] == "off"
+    fast = json.loads(proc.stdout)
+    assert fast["results"] and [r["id"] for r in fast["results"]] == [r["id"] for r in in_process["results"]]
     helped = subprocess.run([sys.executable, "-m", "coditect_ctx", "search", "--help"], capture_output=True, text=True,
                             env={**os.environ, **settings_env(samples)}, timeout=60)
     assert helped.returncode == 0 and "--submodule" in helped.stdout
