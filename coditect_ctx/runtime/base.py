@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from urllib.parse import quote
 
-from ..config import Settings, pg_url_for
+from ..config import SECRET, URL, Settings, masked_repr, pg_url_for
 from ..errors import PortInUseError, ServiceError, UsageError
 
 SERVICES = ("postgres", "chroma", "redis")
@@ -24,13 +24,16 @@ SERVICES = ("postgres", "chroma", "redis")
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Addresses of the three services. `redis_url` is None when the cache is off."""
+    """Addresses of the three services. `redis_url` is None when the cache is off. Its repr masks secrets."""
 
-    pg_url: str
-    chroma_url: str
-    chroma_token: str | None = None
-    redis_url: str | None = None
+    pg_url: str = field(metadata=URL)
+    chroma_url: str = field(metadata=URL)
+    chroma_token: str | None = field(default=None, metadata=SECRET)
+    redis_url: str | None = field(default=None, metadata=URL)
     redis_note: str = ""  # why the cache is off, when it is
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 def loopback_endpoints(settings: Settings, cache_off: str = "") -> Endpoints:
