@@ -15,6 +15,8 @@ carries the row's hash (`sha` metadata). Rows whose vectors moved on meanwhile a
 The folder is written as `.<name>.partial` and renamed when complete, its manifest last of all, so a crash never
 leaves a backup that looks whole; `newest_backup` in health and `list_backups` here only count folders with a
 manifest (and list, verify and restore check its checksum).
+
+Owns the backup folder format, its manifest and the export; the kinds' tables and collections come from kinds.py.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .config import Settings
 from .errors import ConfigError, DataError, ServiceError, UsageError
 from .stores import Store
 from .stores import postgres as pg
-from .stores.chroma import COLLECTIONS
+from .kinds import COLLECTIONS, TABLES
 
 FORMAT = "ctx-backup/1"
 MANIFEST = "manifest.json"
@@ -43,7 +45,6 @@ PENDING_MANIFEST = "manifest.json.pending"  # its name until the folder has its 
 VERIFIED = "verified.json"
 DUMP_FILE = "postgres.dump"
 CHROMA_DIR = "chroma"
-EMBEDDED_TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
 NAME_FORMAT = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 _PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
@@ -248,7 +249,7 @@ def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -
         manifest["embedding"] = {"model": row[0] if row else None, "dim": row[1] if row else None,
                                  "encoding": "float32 little-endian, base64"}
         wanted: dict[str, dict[str, tuple[str, int]]] = {}
-        for kind, table in EMBEDDED_TABLES.items():
+        for kind, table in TABLES.items():
             wanted[kind] = {
                 rid: (sha, chunks)
                 for rid, sha, chunks in conn.execute(

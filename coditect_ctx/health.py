@@ -3,6 +3,7 @@
 Every check runs with a short timeout and in parallel, so a dead or hung service costs at most one timeout and
 is reported CRITICAL by name (Monitoring Plugins: a timeout on a checked service is CRITICAL; UNKNOWN is for a
 check that cannot run at all). Light by design: no torch, sentence-transformers or chromadb imports here.
+The kinds' tables and collections the drift check compares come from kinds.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from .errors import CtxError
 from .runtime import probes
 from .stores import Store
 from .stores import postgres as pg
-from .stores.chroma import COLLECTIONS
+from .kinds import COLLECTIONS, TABLES
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-EMBEDDED_TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
 
 
 @dataclass
@@ -145,7 +145,7 @@ def check_drift(store: Store, timeout: float) -> Check:
             if not pg.schema_version(conn):
                 return Check("drift", UNKNOWN, "no schema yet")
             expected, pending = {}, 0
-            for kind, table in EMBEDDED_TABLES.items():
+            for kind, table in TABLES.items():
                 n_vec, n_pending = conn.execute(
                     f"SELECT coalesce(sum(embedded_chunks) FILTER (WHERE embedded_sha256 = content_sha256), 0),"
                     f" count(*) FILTER (WHERE embedded_sha256 IS DISTINCT FROM content_sha256) FROM {table}"
@@ -153,7 +153,7 @@ def check_drift(store: Store, timeout: float) -> Check:
                 expected[kind], pending = int(n_vec), pending + int(n_pending)
         chroma = store.open_chroma(read_timeout=timeout)
         try:
-            actual = {kind: chroma.count(COLLECTIONS[kind]) for kind in EMBEDDED_TABLES}
+            actual = {kind: chroma.count(COLLECTIONS[kind]) for kind in TABLES}
         finally:
             chroma.close()
     except Exception as exc:

@@ -13,6 +13,10 @@ Phases:
 Crash safety: phase 3 is one transaction (a kill leaves nothing or everything) and phase 4 marks a row embedded
 only after its vectors are in Chroma, so killing a run and starting it again ends in the same state as one
 uninterrupted run. If Chroma is unreachable, the rows stay, marked not embedded, and the run exits 1.
+
+Owns reading, redacting and writing records: the staging tables (one `Staged*` dataclass per kind: its fields
+are the COPY columns and the row), the upserts, and `expected_hashes`, what a run would store (validate's view of
+the files). Kinds' tables and embedded text come from kinds.py; embedding is vectors.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,15 +33,16 @@ from .config import Settings
 from .errors import CtxError, ServiceError
 from .ingest.discover import Source, discover_sources
 from .ingest.readers import iter_source
+from .ingest.records import KINDS as MESSAGE_KINDS
 from .ingest.records import (
-    CheckpointRecord, MessageRecord, PatternRecord, SessionRecord, Skipped, merge_sessions,
+    ROLES, CheckpointRecord, MessageRecord, PatternRecord, SessionRecord, Skipped, merge_sessions,
 )
 from .ingest.redact import redact, redact_record
 from .stores import Store
+from .kinds import KINDS, TABLES, WRITE_ORDER
 from .stores import postgres as pg
-from .vectors import content_hash, count_pending, embed_pending
+from .vectors import count_pending, embed_pending
 
-TYPES = ("session", "checkpoint", "pattern", "message")
 PRIVACY = ("PUBLIC", "TEAM", "PRIVATE", "EPHEMERAL")
 CHECKPOINT_STATUSES = ("active", "in_progress", "completed", "blocked", "archived")
 SESSION_STATUSES = ("active", "completed", "archived")
@@ -295,19 +300,42 @@ def _session_text(records: list[SessionRecord]) -> str:
     return max((r.content for r in records), key=len, default="")[:TRANSCRIPT_EXCERPT_CHARS]
 
 
-_STAGE = {
-    "checkpoint": ("identity text, ref text, submodule text, title text, summary text, content text, checkpoint_at timestamptz,"
-                   " sprint text, status text, git_branch text, git_commit text, privacy_level text, metadata jsonb,"
-                   " source_path text, source_sha256 text, content_sha256 text"),
-    "session": ("identity text, submodule text, checkpoint_ref text, title text, summary text, content text, started_at timestamptz,"
-                " repository text, participants jsonb, objectives jsonb, status text, privacy_level text, source_formats text[],"
-                " metadata jsonb, source_path text, source_sha256 text, content_sha256 text, tags text[]"),
-    "pattern": ("identity text, submodule text, name text, pattern_type text, description text, content text, usage_count int,"
-                " privacy_level text, metadata jsonb, source_path text, source_sha256 text, content_sha256 text, tags text[]"),
-    "message": ("identity text, submodule text, session_identity text, checkpoint_ref text, role text, kind text, position int,"
-                " content text, first_seen timestamptz, occurrences int, privacy_level text, metadata jsonb, source_path text,"
-                " source_sha256 text, content_sha256 text"),
+# -- the staged rows: one dataclass per staging table, its fields named once: the COPY columns and the row -----
+class Staged:
+    """A row of a staging table; `submodule` is the source's name, which the upsert resolves to its id."""
+
+    @classmethod
+    def ddl(cls) -> str:
+        return ", ".join(f"{f.name} {f.metadata['sql']}" for f in fields(cls))
+
+    @classmethod
+    def columns(cls) -> str:
+        return ", ".join(f.name for f in fields(cls))
+
+    def row(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+def _staged(kind: str, columns: str) -> type:
+    """The dataclass of stage_<kind>: every kind's common columns, then `columns` (`name` or `name:sql type`,
+    text when no type is given). Built with keyword arguments only, so a row cannot put a value in the wrong place."""
+    common = "identity submodule privacy_level metadata:jsonb source_path source_sha256 content_sha256"
+    spec = [column.partition(":") for column in f"{common} {columns}".split()]
+    return make_dataclass(f"Staged{kind.title()}", [(name, object, field(metadata={"sql": sql or "text"}))
+                                                    for name, _, sql in spec], bases=(Staged,), kw_only=True)
+
+
+StagedCheckpoint = _staged("checkpoint", "ref title summary content checkpoint_at:timestamptz sprint status"
+                                         " git_branch git_commit")
+StagedSession = _staged("session", "checkpoint_ref title summary content started_at:timestamptz repository"
+                                   " participants:jsonb objectives:jsonb status source_formats:text[] tags:text[]")
+StagedPattern = _staged("pattern", "name pattern_type description content usage_count:int tags:text[]")
+StagedMessage = _staged("message", "session_identity checkpoint_ref role kind position:int content"
+                                   " first_seen:timestamptz occurrences:int")
+STAGED: dict[str, type] = {
+    "checkpoint": StagedCheckpoint, "session": StagedSession, "pattern": StagedPattern, "message": StagedMessage,
 }
+
 
 _UPSERT = {
     "checkpoint": """
@@ -395,46 +423,46 @@ def _pattern_body(p: PatternRecord) -> str:
     return body if isinstance(body, str) else _j(body)
 
 
-def _rows(batch: Batch) -> dict[str, list[tuple]]:
-    rows: dict[str, list[tuple]] = {k: [] for k in TYPES}
+def _rows(batch: Batch) -> dict[str, list[Staged]]:
+    rows: dict[str, list[Staged]] = {k: [] for k in WRITE_ORDER}
     for identity, (src, c) in batch.checkpoints.items():
         meta = {**c.metadata, "tags": _tags(c.tags), "status_raw": c.status}
         if c.git_commit and not _commit(c.git_commit):
             meta["git_commit_raw"] = c.git_commit
-        rows["checkpoint"].append((
-            identity, c.ref, src, c.title, c.summary, c.content, c.created_at, c.sprint or None,
-            _status(c.status, CHECKPOINT_STATUSES), c.git_branch or None, _commit(c.git_commit), _privacy(c.privacy_level),
-            _j(meta), c.source_path, c.source_sha256 or None, content_hash("checkpoint", c.title, c.summary, c.content)))
+        rows["checkpoint"].append(StagedCheckpoint(
+            identity=identity, ref=c.ref, submodule=src, title=c.title, summary=c.summary, content=c.content,
+            checkpoint_at=c.created_at, sprint=c.sprint or None, status=_status(c.status, CHECKPOINT_STATUSES),
+            git_branch=c.git_branch or None, git_commit=_commit(c.git_commit), privacy_level=_privacy(c.privacy_level),
+            metadata=_j(meta), source_path=c.source_path, source_sha256=c.source_sha256 or None,
+            content_sha256=KINDS["checkpoint"].content_hash(c.title, c.summary, c.content)))
     for identity, (src, s) in batch.merged.items():
         text = batch.session_text[identity]
         formats = sorted({x["format"] for x in s.metadata.get("sources", [])} or {s.source_format})
         meta = {**s.metadata, "status_raw": s.status}
-        rows["session"].append((
-            identity, src, s.checkpoint_ref, s.title, s.summary, text, s.started_at, s.repository or None,
-            _j(s.participants), _j(s.objectives), _status(s.status, SESSION_STATUSES), _privacy(s.privacy_level),
-            formats, _j(meta), s.source_path, s.source_sha256 or None, content_hash("session", s.title, s.summary, text),
-            _tags(s.tags)))
+        rows["session"].append(StagedSession(
+            identity=identity, submodule=src, checkpoint_ref=s.checkpoint_ref, title=s.title, summary=s.summary,
+            content=text, started_at=s.started_at, repository=s.repository or None, participants=_j(s.participants),
+            objectives=_j(s.objectives), status=_status(s.status, SESSION_STATUSES), privacy_level=_privacy(s.privacy_level),
+            source_formats=formats, metadata=_j(meta), source_path=s.source_path, source_sha256=s.source_sha256 or None,
+            content_sha256=KINDS["session"].content_hash(s.title, s.summary, text), tags=_tags(s.tags)))
     for identity, (src, p) in batch.patterns.items():
-        rows["pattern"].append((
-            identity, src, p.name, p.pattern_type or "general", p.description, _pattern_body(p),
-            max(0, int(p.usage_count or 0)), _privacy(p.privacy_level), _j(p.metadata), p.source_path,
-            p.source_sha256 or None, content_hash("pattern", p.name, p.description, _pattern_body(p)),
-            _tags(p.tags)))
+        rows["pattern"].append(StagedPattern(
+            identity=identity, submodule=src, name=p.name, pattern_type=p.pattern_type or "general",
+            description=p.description, content=_pattern_body(p), usage_count=max(0, int(p.usage_count or 0)),
+            privacy_level=_privacy(p.privacy_level), metadata=_j(p.metadata), source_path=p.source_path,
+            source_sha256=p.source_sha256 or None,
+            content_sha256=KINDS["pattern"].content_hash(p.name, p.description, _pattern_body(p)), tags=_tags(p.tags)))
     for identity, (src, m) in batch.messages.items():
-        role = m.role if m.role in ("user", "assistant", "tool", "system") else "assistant"
-        kind = m.kind if m.kind in ("text", "tool_call", "tool_result") else "text"
         sha = m.metadata.get("source_sha256")
-        rows["message"].append((
-            identity, src, m.session_identity, m.checkpoint_ref, role, kind, max(0, m.position or 0), m.content,
-            m.first_seen, max(1, len(batch.message_files.get(identity, ())) or 1), "TEAM", _j(m.metadata),
-            m.metadata.get("source_file") or None, sha if sha and len(sha) == 64 else None,
-            content_hash("message", "", "", m.content)))
+        rows["message"].append(StagedMessage(
+            identity=identity, submodule=src, session_identity=m.session_identity, checkpoint_ref=m.checkpoint_ref,
+            role=m.role if m.role in ROLES else "assistant", kind=m.kind if m.kind in MESSAGE_KINDS else "text",
+            position=max(0, m.position or 0), content=m.content, first_seen=m.first_seen,
+            occurrences=max(1, len(batch.message_files.get(identity, ())) or 1), privacy_level="TEAM",
+            metadata=_j(m.metadata), source_path=m.metadata.get("source_file") or None,
+            source_sha256=sha if sha and len(sha) == 64 else None,
+            content_sha256=KINDS["message"].content_hash("", "", m.content)))
     return rows
-
-
-# where the source name and content_sha256 stand in each kind's staged row
-_SRC_COLUMN = {"checkpoint": 2, "session": 1, "pattern": 1, "message": 1}
-_SHA_COLUMN = {"checkpoint": 15, "session": 16, "pattern": 11, "message": 14}
 
 
 def record_hashes(batch: Batch) -> dict[tuple[str, str], dict[str, str]]:
@@ -442,8 +470,18 @@ def record_hashes(batch: Batch) -> dict[tuple[str, str], dict[str, str]]:
     out: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for kind, rows in _rows(batch).items():
         for row in rows:
-            out[(row[_SRC_COLUMN[kind]], kind)][row[0]] = row[_SHA_COLUMN[kind]]
+            out[(row.submodule, kind)][row.identity] = row.content_sha256
     return out
+
+
+def expected_hashes(sources: list[tuple[str, Path]]) -> dict[tuple[str, str], dict[str, str]]:
+    """identity -> content_sha256 per (source, kind) that migrating these (name, MEMORY-CONTEXT folder) sources
+    would store: their files read and redacted exactly as a run does, nothing written (for `ctx validate`)."""
+    batch = Batch(sources=[Source(name=name, root=Path(path).parent, memory_context=Path(path)) for name, path in sources])
+    scratch = MigrateReport()
+    fill_batch(batch, scratch)
+    redact_batch(batch, scratch)
+    return record_hashes(batch)
 
 
 def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) -> bool:
@@ -464,12 +502,12 @@ def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) 
         "pattern": {i: s for i, (s, _r) in batch.patterns.items()},
         "message": {i: s for i, (s, _r) in batch.messages.items()},
     }
-    for kind in ("checkpoint", "session", "pattern", "message"):
-        conn.execute(f"CREATE TEMP TABLE stage_{kind} ({_STAGE[kind]}) ON COMMIT DROP")
-        columns = [c.split()[0] for c in _STAGE[kind].split(", ")]
-        with conn.cursor().copy(f"COPY stage_{kind} ({', '.join(columns)}) FROM STDIN") as copy:
+    for kind in WRITE_ORDER:
+        staged = STAGED[kind]
+        conn.execute(f"CREATE TEMP TABLE stage_{kind} ({staged.ddl()}) ON COMMIT DROP")
+        with conn.cursor().copy(f"COPY stage_{kind} ({staged.columns()}) FROM STDIN") as copy:
             for row in rows[kind]:
-                copy.write_row(row)
+                copy.write_row(row.row())
         touched = {identity: inserted for identity, inserted in conn.execute(_UPSERT[kind]).fetchall()}
         for identity, src in src_of[kind].items():
             stats = report.stats(src, kind)
@@ -498,17 +536,16 @@ def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) 
                WHERE privacy_audit.detections IS DISTINCT FROM EXCLUDED.detections""",
             [(kind, identity, level, detections, path) for kind, identity, detections, level, path in audits],
         )
+    every_record = " UNION ALL ".join(f"SELECT '{kind}' AS t, identity, id FROM {table}" for kind, table in TABLES.items())
     conn.execute(
-        """UPDATE privacy_audit a SET record_id = x.id FROM (
-               SELECT 'session' AS t, identity, id FROM sessions UNION ALL SELECT 'checkpoint', identity, id FROM checkpoints
-               UNION ALL SELECT 'pattern', identity, id FROM patterns UNION ALL SELECT 'message', identity, id FROM messages) x
-           WHERE a.record_id IS NULL AND a.record_type = x.t AND a.record_identity = x.identity"""
+        f"""UPDATE privacy_audit a SET record_id = x.id FROM ({every_record}) x
+            WHERE a.record_id IS NULL AND a.record_type = x.t AND a.record_identity = x.identity"""
     )
     return changed or linked > 0
 
 
 def _write_tags(conn, kind: str) -> bool:
-    table, link, col = ("sessions", "session_tags", "session_id") if kind == "session" else ("patterns", "pattern_tags", "pattern_id")
+    table, link, col = TABLES[kind], f"{kind}_tags", f"{kind}_id"
     conn.execute(f"INSERT INTO tags (name) SELECT DISTINCT unnest(tags) FROM stage_{kind} ON CONFLICT (name) DO NOTHING")
     added = conn.execute(
         f"""INSERT INTO {link} ({col}, tag_id)

@@ -5,6 +5,7 @@ than this ctx (SchemaError, exit 4), a target that holds data without --yes (Usa
 PostgreSQL is restored with `pg_restore --clean --if-exists --single-transaction` (all or nothing), Chroma by
 deleting and recreating each collection and upserting in batches. Rows the backup holds no vectors for are
 marked not embedded, the cache generation is bumped, and the restored store is checked against the manifest.
+The kinds' tables and collections come from kinds.py.
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backup import (
-    DUMP_FILE, EMBEDDED_TABLES, Progress, Report, _no_progress, _quiet, check_files, load_manifest,
+    DUMP_FILE, Progress, Report, _no_progress, _quiet, check_files, load_manifest,
     read_vectors, record_verified, resolve_backup,
 )
 from .config import Settings
 from .errors import CtxError, DataError, SchemaError, UsageError
+from .kinds import COLLECTIONS, TABLES
 from .stores import Store
 from .stores import postgres as pg
-from .stores.chroma import COLLECTIONS, Chroma
+from .stores.chroma import Chroma
 
 UPSERT_BATCH = 1000  # <= Chroma's limit of 5000 ids; and the server refuses large bodies (HTTP 413):
 UPSERT_BYTES = 8_000_000  # so a batch is also cut at about 8 MB of JSON
-DATA_TABLES = ("sessions", "checkpoints", "patterns", "messages", "submodule_registry", "tags", "privacy_audit",
-               "context_loads")
+DATA_TABLES = (*TABLES.values(), "submodule_registry", "tags", "privacy_audit", "context_loads")
 
 
 @dataclass
@@ -132,7 +133,7 @@ def mark_not_embedded(conn, manifest: dict) -> int:
     """
     total = 0
     listed = manifest.get("chroma", {}).get("not_embedded", {})
-    for kind, table in EMBEDDED_TABLES.items():
+    for kind, table in TABLES.items():
         ids = listed.get(kind) or []
         conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         cur = conn.execute(
@@ -192,7 +193,7 @@ def compare_with_manifest(conn, chroma: Chroma, manifest: dict, prefix: str) -> 
         got = chroma.count(prefix + name)
         if got != meta["vectors"]:
             problems.append(f"{name}: {got} vectors, backup has {meta['vectors']}")
-    for kind, table in EMBEDDED_TABLES.items():
+    for kind, table in TABLES.items():
         embedded = conn.execute(
             f"SELECT coalesce(sum(embedded_chunks), 0) FROM {table} WHERE embedded_sha256 = content_sha256"
         ).fetchone()[0]

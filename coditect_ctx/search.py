@@ -12,6 +12,9 @@ How one query runs (mode `hybrid`):
 
 Heavy imports (psycopg, onnxruntime) happen inside functions; the redis package (0.15-0.3 s to import: it pulls
 in asyncio and OpenTelemetry) is replaced on this path by a small RESP client behind the same Cache class.
+
+Owns query validation, the engines' SQL and Chroma filters, fusion and the cache keys; each kind's table,
+collection and title/date/body/tag expressions come from kinds.py.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import Any, Callable, Iterable
 from .config import Settings
 from .errors import UsageError
 from .fusion import weighted_rrf
+from .kinds import COLLECTIONS, KINDS, NAMES, Kind
 from .stores.cache import Cache, cache_key
 
-TYPES = ("session", "checkpoint", "pattern", "message")
+TYPES = NAMES
 MODES = ("hybrid", "semantic", "text")
 PRIVACY_LEVELS = ("PUBLIC", "TEAM", "PRIVATE", "EPHEMERAL")
 MAX_QUERY_CHARS = 4000
@@ -213,42 +217,8 @@ def make_query(
     )
 
 
-# -- SQL: one description per record type, so every engine filters the same way ----------------------------
-@dataclass(frozen=True)
-class _Kind:
-    table: str
-    title: str  # SQL expression over alias t (and s for messages)
-    date: str  # the instant --since/--until compare; the same one migrate puts in Chroma's `ts`
-    body: str  # text the snippet is cut from
-    tag_filter: str  # SQL condition with %(tag_N)s placeholders substituted per tag
-    joins: str = ""
-    trigram: bool = True  # has a trigram-indexed title
-
-
-_KINDS = {
-    "session": _Kind(
-        "sessions", "t.title", "t.started_at", "t.summary || E'\\n\\n' || t.content",
-        "EXISTS (SELECT 1 FROM session_tags lt JOIN tags g ON g.id = lt.tag_id "
-        "WHERE lt.session_id = t.id AND g.name = {p})",
-    ),
-    "checkpoint": _Kind(
-        "checkpoints", "t.title", "t.checkpoint_at", "t.summary || E'\\n\\n' || t.content",
-        "t.metadata @> jsonb_build_object('tags', jsonb_build_array({p}::text))",
-    ),
-    "pattern": _Kind(
-        "patterns", "t.name", "coalesce(t.last_used_at, t.created_at)", "t.description || E'\\n\\n' || t.content",
-        "EXISTS (SELECT 1 FROM pattern_tags lt JOIN tags g ON g.id = lt.tag_id "
-        "WHERE lt.pattern_id = t.id AND g.name = {p})",
-    ),
-    "message": _Kind(
-        "messages", "coalesce(s.title, t.checkpoint_ref, t.role || ' message')", "coalesce(t.first_seen, s.started_at)",
-        "t.content", "t.metadata @> jsonb_build_object('tags', jsonb_build_array({p}::text))",
-        joins="LEFT JOIN sessions s ON s.id = t.session_id", trigram=False,
-    ),
-}
-
-
-def _where(kind: _Kind, query: SearchQuery) -> str:
+# -- SQL: every engine filters each kind the same way (its expressions are in kinds.py) ---------------------
+def _where(kind: Kind, query: SearchQuery) -> str:
     conds = []
     if query.submodule:
         conds.append("t.submodule_id = (SELECT id FROM submodule_registry WHERE name = %(submodule)s)")
@@ -284,7 +254,7 @@ def _text_sql(query: SearchQuery, n: int) -> str:
     """Full-text and trigram candidates of every asked type in one statement: (engine, type, id, score)."""
     parts = []
     for name in query.types:
-        kind = _KINDS[name]
+        kind = KINDS[name]
         where = _where(kind, query)
         # A record matching the user's exact websearch query (all words / the phrase) ranks above one that only
         # matches some words; among equals, ts_rank_cd (cover density, normalised by log length: flag 1).
@@ -308,7 +278,7 @@ def _text_sql(query: SearchQuery, n: int) -> str:
 def _hydrate_sql(types: Iterable[str]) -> str:
     parts = []
     for name in types:
-        kind = _KINDS[name]
+        kind = KINDS[name]
         parts.append(
             f"""SELECT '{name}', t.id::text, {kind.title}, r.name, {kind.date},
                        ts_headline('english', left({kind.body}, 20000), q.relaxed, %(hl)s)
@@ -493,7 +463,7 @@ class Searcher:
 
     def _vector_candidates(self, query: SearchQuery, vector: list[float], n: int) -> list[tuple[tuple[str, str], float]]:
         """Chroma's nearest chunks per type, collapsed to records (best chunk), as (key, cosine similarity)."""
-        from .stores.chroma import COLLECTIONS, ChromaHTTPError, record_id_of
+        from .stores.chroma import ChromaHTTPError, record_id_of
 
         where = _chroma_where(query)
         best: dict[tuple[str, str], float] = {}

@@ -1,4 +1,8 @@
-"""`ctx show ID`: one record in full, found by the id `ctx search` printed (or a unique prefix of it)."""
+"""`ctx show ID`: one record in full, found by the id `ctx search` printed (or a unique prefix of it).
+
+Owns finding a record by id across the kinds' tables and rendering it as Markdown; each kind's table, tags and
+date column come from kinds.py.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,16 @@ from typing import Any
 
 from .config import Settings
 from .errors import DataError, UsageError
+from .kinds import KINDS
 
-_TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREFIX = re.compile(r"^[0-9a-f-]{6,36}$")
 MAX_MATCHES = 5
 
-# Tags live in link tables for sessions and patterns, in metadata->'tags' for the others.
-_TAGS = {
-    "session": "ARRAY(SELECT g.name FROM session_tags l JOIN tags g ON g.id = l.tag_id WHERE l.session_id = t.id "
-               "ORDER BY g.name)",
-    "pattern": "ARRAY(SELECT g.name FROM pattern_tags l JOIN tags g ON g.id = l.tag_id WHERE l.pattern_id = t.id "
-               "ORDER BY g.name)",
-    "checkpoint": "ARRAY(SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(t.metadata->'tags') = 'array' "
-                  "THEN t.metadata->'tags' ELSE '[]'::jsonb END))",
-    "message": "ARRAY(SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(t.metadata->'tags') = 'array' "
-               "THEN t.metadata->'tags' ELSE '[]'::jsonb END))",
-}
-
 
 def _sql(kind: str, condition: str) -> str:
-    return (f"SELECT '{kind}', to_jsonb(t) - 'search_vector', r.name, {_TAGS[kind]} "
-            f"FROM {_TABLES[kind]} t LEFT JOIN submodule_registry r ON r.id = t.submodule_id WHERE {condition}")
+    return (f"SELECT '{kind}', to_jsonb(t) - 'search_vector', r.name, {KINDS[kind].tags} "
+            f"FROM {KINDS[kind].table} t LEFT JOIN submodule_registry r ON r.id = t.submodule_id WHERE {condition}")
 
 
 def find_record(settings: Settings, ref: str) -> dict[str, Any]:
@@ -45,7 +37,7 @@ def find_record(settings: Settings, ref: str) -> dict[str, Any]:
                          hint="Pass the id from the last column of `ctx search` (the whole id or its first 8 characters).")
     exact = bool(_UUID.match(wanted))
     condition = "t.id = %(id)s::uuid" if exact else "t.id::text LIKE %(prefix)s"
-    sql = "\nUNION ALL\n".join(_sql(kind, condition) for kind in _TABLES) + f" LIMIT {MAX_MATCHES + 1}"
+    sql = "\nUNION ALL\n".join(_sql(kind, condition) for kind in KINDS) + f" LIMIT {MAX_MATCHES + 1}"
     with Store(settings) as store, store.pg(autocommit=True) as conn:
         rows = conn.execute(sql, {"id": wanted, "prefix": wanted + "%"}).fetchall()
         if len(rows) == 1 and rows[0][0] == "message" and rows[0][1].get("session_id"):
@@ -75,15 +67,11 @@ def _title(kind: str, data: dict, session_title) -> str:
     return data.get("title") or "(untitled)"
 
 
-_DATE_FIELDS = {"session": "started_at", "checkpoint": "checkpoint_at", "pattern": "last_used_at",
-                "message": "first_seen"}
-
-
 def to_markdown(record: dict[str, Any]) -> str:
     """The record as one Markdown document: a heading, a line of facts, then its text as written."""
     kind = record["type"]
     facts = [kind, f"id `{record['id']}`"]
-    for label, value in (("submodule", record.get("submodule")), ("date", record.get(_DATE_FIELDS[kind])),
+    for label, value in (("submodule", record.get("submodule")), ("date", record.get(KINDS[kind].date_column)),
                          ("privacy", record.get("privacy_level")), ("status", record.get("status")),
                          ("sprint", record.get("sprint")), ("branch", record.get("git_branch")),
                          ("commit", record.get("git_commit")), ("role", record.get("role")),

@@ -9,6 +9,9 @@ For each source and record type it compares:
 
 `--repair` fixes what PostgreSQL alone can fix: re-embeds stale rows, deletes orphan vectors and re-links; it says
 what it could not fix (records only the files have: run `ctx migrate`).
+
+Owns the comparison and the repairs; what the files should give comes from migrate.expected_hashes, the kinds'
+tables and collections from kinds.py, the vector dimension from embed.py.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import ServiceError
+from .embed import DIMENSION
+from .kinds import COLLECTIONS, TABLES
 from .stores import Store
-from .stores.chroma import COLLECTIONS, record_id_of
-from .vectors import TABLES, embed_pending
-
-DIMENSION = 384
+from .stores.chroma import record_id_of
+from .vectors import embed_pending
 
 
 @dataclass
@@ -90,14 +93,9 @@ def _file_expectations(conn, report: ValidateReport) -> dict[tuple[str, str], di
     if missing:
         report.problems.append(f"source folders not found, files not compared: {', '.join(missing)}")
         return None
-    from .ingest.discover import Source
-    from .migrate import Batch, MigrateReport, fill_batch, record_hashes, redact_batch
+    from .migrate import expected_hashes
 
-    batch = Batch(sources=[Source(name=name, root=Path(path).parent, memory_context=Path(path)) for name, path in sources])
-    scratch = MigrateReport()
-    fill_batch(batch, scratch)
-    redact_batch(batch, scratch)
-    return record_hashes(batch)
+    return expected_hashes(sources)
 
 
 def run_validate(settings: Settings, repair: bool = False, files: bool = True) -> ValidateReport:

@@ -1,13 +1,17 @@
 """Keep Chroma in step with PostgreSQL: embed every row whose vectors are missing or stale.
 
+Owns the embedding pass (which rows, chunking, batching, write order); what each kind embeds, and where, is
+defined in kinds.py.
+
 PostgreSQL is the record. A row needs embedding when `embedded_sha256` differs from `content_sha256`; the text
-embedded is a pure function of the row's columns (`embed_text`), so migrate and `ctx validate --repair` do the
-same thing and a vector can always be rebuilt from PostgreSQL alone.
+embedded is a pure function of the row's columns (`Kind.embed_text`), so migrate and `ctx validate --repair` do
+the same thing and a vector can always be rebuilt from PostgreSQL alone.
 
 Chunking: the model reads 256 tokens; longer texts are cut by embed.chunk_text on paragraph, then sentence
 boundaries, with a small overlap, and every chunk gets its own vector (`<row id>:<chunk no>`), so nothing past
-the first window is lost to semantic search. One exception: a tool result (command output, file dumps) embeds
-only its first window: its bulk is output that full-text search finds better, and it would dominate the cost.
+the first window is lost to semantic search. One exception (`Kind.first_window_only`): a tool result (command
+output, file dumps) embeds only its first window: its bulk is output that full-text search finds better, and it
+would dominate the cost.
 
 Order per batch, chosen for crash safety: delete the row's old vectors, upsert the new ones, then mark the row
 embedded in PostgreSQL (guarded by the content hash it was made from). A kill anywhere leaves the row marked
@@ -16,77 +20,37 @@ stale, and the next run redoes exactly that batch.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .kinds import COLLECTIONS, KINDS, TABLES, WRITE_ORDER, Kind
 from .stores import Store
-from .stores.chroma import COLLECTIONS, vector_id, vector_metadata
+from .stores.chroma import vector_id, vector_metadata
 
-KINDS = ("checkpoint", "session", "pattern", "message")
-TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
 # The model pads each batch to its longest text, so it is fastest on many chunks sorted by length: a batch is
 # cut at this many chunks (measured on the corpus: 128-record batches ran the model 1.6x slower than one big batch).
 BATCH_CHUNKS = 2048
 
-# What each kind embeds, and the columns search filters on, in one query per kind.
-_PENDING_SQL = {
-    "session": """
-        SELECT s.id::text, s.title, s.summary, s.content, s.content_sha256, r.name, extract(epoch FROM s.started_at),
-               s.privacy_level, s.embedded_chunks, NULL,
-               coalesce((SELECT array_agg(t.name ORDER BY t.name) FROM session_tags st JOIN tags t ON t.id = st.tag_id
-                         WHERE st.session_id = s.id), '{}')
-        FROM sessions s JOIN submodule_registry r ON r.id = s.submodule_id
-        WHERE s.embedded_sha256 IS DISTINCT FROM s.content_sha256 {extra}
-        ORDER BY s.id""",
-    "checkpoint": """
-        SELECT c.id::text, c.title, c.summary, c.content, c.content_sha256, r.name, extract(epoch FROM c.checkpoint_at),
-               c.privacy_level, c.embedded_chunks, NULL,
-               coalesce(ARRAY(SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(c.metadata->'tags') = 'array'
-                                                                    THEN c.metadata->'tags' ELSE '[]'::jsonb END)), '{}')
-        FROM checkpoints c JOIN submodule_registry r ON r.id = c.submodule_id
-        WHERE c.embedded_sha256 IS DISTINCT FROM c.content_sha256 {extra}
-        ORDER BY c.id""",
-    "pattern": """
-        SELECT p.id::text, p.name, p.description, p.content, p.content_sha256, coalesce(r.name, ''),
-               extract(epoch FROM coalesce(p.last_used_at, p.created_at)), p.privacy_level, p.embedded_chunks, NULL,
-               coalesce((SELECT array_agg(t.name ORDER BY t.name) FROM pattern_tags pt JOIN tags t ON t.id = pt.tag_id
-                         WHERE pt.pattern_id = p.id), '{}')
-        FROM patterns p LEFT JOIN submodule_registry r ON r.id = p.submodule_id
-        WHERE p.embedded_sha256 IS DISTINCT FROM p.content_sha256 {extra}
-        ORDER BY p.id""",
-    "message": """
-        SELECT m.id::text, coalesce(s.title, m.checkpoint_ref, m.role || ' message'), '', m.content, m.content_sha256,
-               r.name, extract(epoch FROM coalesce(m.first_seen, s.started_at)), m.privacy_level, m.embedded_chunks,
-               m.kind, '{}'::text[]
-        FROM messages m JOIN submodule_registry r ON r.id = m.submodule_id
-        LEFT JOIN sessions s ON s.id = m.session_id
-        WHERE m.embedded_sha256 IS DISTINCT FROM m.content_sha256 {extra}
-        ORDER BY m.id""",
-}
+
+def _pending_sql(kind: Kind, extra: str = "") -> str:
+    """What each kind embeds (kinds.py) and the columns search filters on, for its rows needing vectors."""
+    return f"""
+        SELECT t.id::text, {kind.title}, {kind.summary}, t.content, t.content_sha256, coalesce(r.name, ''),
+               extract(epoch FROM {kind.date}), t.privacy_level, t.embedded_chunks, {kind.first_window_only},
+               {kind.vector_tag_sql}
+        FROM {kind.table} t {kind.joins} LEFT JOIN submodule_registry r ON r.id = t.submodule_id
+        WHERE t.embedded_sha256 IS DISTINCT FROM t.content_sha256 {extra}
+        ORDER BY t.id"""
 
 
-def embed_text(kind: str, title: str, summary: str, content: str) -> str:
-    """The text a row's vectors are made from; its sha256 is the row's content_sha256."""
-    if kind == "message":
-        return content
-    return "\n\n".join(part for part in (title, summary, content) if part)
-
-
-def content_hash(kind: str, title: str, summary: str, content: str) -> str:
-    return hashlib.sha256(embed_text(kind, title, summary, content).encode("utf-8")).hexdigest()
-
-
-def chunks_for(kind: str, text: str, message_kind: str | None = None) -> list[str]:
+def chunks_for(text: str, first_window_only: bool = False) -> list[str]:
     from .embed import chunk_text
 
     if not text.strip():
         return []
     pieces = chunk_text(text)
-    if kind == "message" and message_kind == "tool_result":
-        return pieces[:1]
-    return pieces
+    return pieces[:1] if first_window_only else pieces
 
 
 @dataclass
@@ -101,8 +65,8 @@ def _batches(kind: str, rows: list, result: EmbedResult):
     """Rows grouped so each group holds about BATCH_CHUNKS chunks, with their ids, texts, metadata and counts."""
     batch, ids, docs, metas, counts = [], [], [], [], {}
     for row in rows:
-        rid, title, summary, content, sha, submodule, ts, privacy, _old, mkind, tags = row
-        pieces = chunks_for(kind, embed_text(kind, title or "", summary or "", content or ""), mkind)
+        rid, title, summary, content, sha, submodule, ts, privacy, _old, first_only, tags = row
+        pieces = chunks_for(KINDS[kind].embed_text(title or "", summary or "", content or ""), bool(first_only))
         counts[rid] = len(pieces)
         for n, piece in enumerate(pieces):
             ids.append(vector_id(rid, n))
@@ -141,13 +105,13 @@ def embed_pending(
     result = EmbedResult()
     models = store.settings.models_path
     with store.pg() as conn:
-        for kind in KINDS:
+        for kind in WRITE_ORDER:
             extra, params = "", ()
             if only_ids is not None:
                 if not only_ids.get(kind):
                     continue
-                extra, params = f"AND {kind[0]}.id = ANY(%s::uuid[])", (only_ids[kind],)
-            rows = conn.execute(_PENDING_SQL[kind].replace("{extra}", extra), params).fetchall()
+                extra, params = "AND t.id = ANY(%s::uuid[])", (only_ids[kind],)
+            rows = conn.execute(_pending_sql(KINDS[kind], extra), params).fetchall()
             conn.commit()
             total, done = len(rows), 0
             if on_progress:

@@ -3,6 +3,7 @@ the vectors migrate writes and what search and validate read (ids, metadata).
 
 `Chroma` is the one client every job uses (through `Store.chroma`); its transport, timeouts and database come
 from chroma_http.py, which the runtimes' probes share without importing this package.
+The collection names are the kinds' (kinds.py), re-exported here as COLLECTIONS.
 """
 
 from __future__ import annotations
@@ -11,19 +12,13 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 from ..chroma_http import ChromaConnection, ChromaHTTPError
+from ..kinds import COLLECTIONS  # kind -> collection name: a fact of the kinds, defined there
 
 __all__ = ["Chroma", "ChromaHTTPError", "COLLECTIONS", "ensure_collections", "vector_id", "record_id_of", "vector_metadata"]
 
 # Chroma refuses larger batches (its max_batch_size); stay a little under it.
 MAX_BATCH = 5000
 MAX_BODY = 6_000_000
-
-COLLECTIONS = {
-    "session": "sessions_embeddings",
-    "checkpoint": "checkpoints_embeddings",
-    "pattern": "patterns_embeddings",
-    "message": "messages_embeddings",
-}
 
 
 class Chroma(ChromaConnection):
