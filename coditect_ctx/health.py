@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import CtxError
+from .kinds import COLLECTIONS, TABLES
 from .runtime import probes
 from .stores import Store
 from .stores import postgres as pg
-from .kinds import COLLECTIONS, TABLES
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
