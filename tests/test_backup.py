@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from coditect_ctx import backup as bk
+from coditect_ctx.kinds import TABLES as KIND_TABLES
 from coditect_ctx.stores import Store
 from coditect_ctx.stores import postgres as pg
 from coditect_ctx.stores.chroma import COLLECTIONS, record_id_of, vector_id, vector_metadata
 
 from .conftest import SAMPLES, settings_env
 
-KIND_TABLES = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}
 ANSI = re.compile(r"\x1b\[")
 BOX = re.compile(r"[\u2500-\u259f]")  # box drawing and block elements: Rich panels and progress bars
 
