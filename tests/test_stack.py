@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import psutil
 
 import pytest
 
 from coditect_ctx import stack
 from coditect_ctx.config import load_settings
 from coditect_ctx.errors import PortInUseError
+from coditect_ctx.runtime import procs
 from coditect_ctx.runtime.local import LocalRuntime
 from coditect_ctx.stores import Store
 
@@ -132,7 +138,56 @@ def test_stale_pid_files_are_cleaned(fresh_stack, cli):
     result = cli(fresh_stack, "setup")
     assert result.exit_code == 0, result.stderr
     assert all(s.running for s in runtime.services())
-    assert int((runtime.run / "redis.pid").read_text()) != 999999
+    assert procs.read_pid(runtime.run / "redis.pid") != 999999
+
+
+def _stranger(argv0: str, cwd: Path) -> subprocess.Popen:
+    """An unrelated live process (sleep) whose command line reads `argv0`, started through a shell."""
+    proc = subprocess.Popen(["bash", "-c", f'exec -a "{argv0}" sleep 600'], cwd=cwd, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while argv0 not in " ".join(psutil.Process(proc.pid).cmdline()):
+        assert time.monotonic() < deadline, "the stranger never exec'd"
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_stranger_on_the_pid_is_never_taken_for_a_service(fresh_stack, cli, tmp_path):
+    """A pid file naming a live process whose command line names the service and this CTX_HOME is not enough."""
+    runtime = LocalRuntime(fresh_stack)
+    runtime.stop()
+    chroma_like = _stranger(f"chroma run --path {runtime.chroma_dir}", tmp_path)
+    redis_like = _stranger(f"redis-server {runtime.redis_dir}/redis.conf", tmp_path)
+    try:
+        # a reboot leaves the bare pid; for Redis even the stranger's own start time is recorded (only the folder
+        # is left to tell it apart)
+        (runtime.run / "chroma.pid").write_text(f"{chroma_like.pid}\n")
+        (runtime.run / "redis.pid").write_text(f"{redis_like.pid} {procs.start_time(redis_like.pid)}\n")
+        result = cli(fresh_stack, "setup")
+        assert result.exit_code == 0, result.stderr
+        assert "already running" not in result.stdout + result.stderr
+        assert all(s.running for s in runtime.services())
+        assert procs.read_pid(runtime.run / "chroma.pid") not in (None, chroma_like.pid)
+        assert procs.read_pid(runtime.run / "redis.pid") not in (None, redis_like.pid)
+        assert cli(fresh_stack, "down").exit_code == 0
+        assert chroma_like.poll() is None and redis_like.poll() is None, "ctx stopped a process that is not its own"
+    finally:
+        for proc in (chroma_like, redis_like):
+            proc.kill()
+            proc.wait()
+
+
+def test_setup_right_after_the_postmaster_was_sigkilled(fresh_stack, cli):
+    """A SIGKILLed postmaster stays a zombie until reaped (here its parent is init, which may never reap it):
+    setup must not call it running, wait for its backends to exit, and start a new server."""
+    runtime = LocalRuntime(fresh_stack)
+    postmaster = procs.read_pid(runtime.pg_data / "postmaster.pid")
+    os.kill(postmaster, signal.SIGKILL)
+    result = cli(fresh_stack, "setup")
+    assert result.exit_code == 0, result.stderr
+    assert "postgres: started" in result.stdout + result.stderr
+    assert procs.read_pid(runtime.pg_data / "postmaster.pid") != postmaster
+    with Store(fresh_stack) as store, store.pg() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_cache_off_without_redis(tmp_path, cli):

@@ -97,26 +97,31 @@ class LocalRuntime(Runtime):
         if started[0]:
             self._wait_postgres(timeout)
         if started[1]:
-            self._wait_process("chroma", "chroma", lambda: probes.chroma_ready(ep.chroma_url, timeout=1.0), timeout)
+            self._wait_process("chroma", lambda: probes.chroma_ready(ep.chroma_url, timeout=1.0), timeout)
         if started[2] and ep.redis_url:
-            self._wait_process("redis", "redis-server", lambda: probes.redis_ready(ep.redis_url, timeout=1.0), timeout)
+            self._wait_process("redis", lambda: probes.redis_ready(ep.redis_url, timeout=1.0), timeout)
         self._ensure_database()
 
-    def _wait_process(self, service: str, expect: str, ready: Callable[[], bool], timeout: float) -> None:
+    def _identity(self, service: str) -> procs.Identity:
+        """Chroma names its folder on its command line (--path); Redis runs in its folder (it rewrites its title)."""
+        return procs.Identity(self.chroma_dir if service == "chroma" else self.redis_dir)
+
+    def _live(self, service: str) -> int | None:
+        return procs.live_pid(self.run / f"{service}.pid", self._identity(service))
+
+    def _wait_process(self, service: str, ready: Callable[[], bool], timeout: float) -> None:
         """Wait until `service` answers; fail at once when its process (run/<service>.pid) dies."""
-        pid_file = self.run / f"{service}.pid"
-        wait_until(service, ready, timeout, alive=lambda: procs.live_pid(pid_file, expect) is not None,
-                   log=self.log_path(service))
+        wait_until(service, ready, timeout, alive=lambda: self._live(service) is not None, log=self.log_path(service))
 
     def stop(self, volumes: bool = False, report: _Report = lambda msg: None) -> None:
-        for name, pid_file, expect in (("chroma", "chroma.pid", "chroma"), ("redis", "redis.pid", "redis-server")):
-            pid = procs.live_pid(self.run / pid_file, expect)
+        for name in ("chroma", "redis"):
+            pid = self._live(name)
             if pid is None:
                 report(f"{name}: not running")
                 continue
-            if not procs.terminate(pid, expect=expect):
+            if not procs.terminate(pid):
                 raise ServiceError(f"{name} (pid {pid}) did not stop", hint=f"Kill it by hand: kill -9 {pid}", service=name)
-            (self.run / pid_file).unlink(missing_ok=True)
+            (self.run / f"{name}.pid").unlink(missing_ok=True)
             report(f"{name}: stopped")
         if self._pg_running():
             self._pg_ctl(["stop", "-m", "fast", "-w", "-t", "60"])
@@ -141,7 +146,7 @@ class LocalRuntime(Runtime):
                 version = None
         detail = "" if version else ("process runs but does not answer" if pg_up else "not running")
         out.append(ServiceStatus("postgres", self.name, f"127.0.0.1:{self.settings.pg_port}", bool(version), version, detail))
-        chroma_pid = procs.live_pid(self.run / "chroma.pid", "chroma")
+        chroma_pid = self._live("chroma")
         cv = None
         if chroma_pid:
             try:
@@ -158,7 +163,7 @@ class LocalRuntime(Runtime):
             out.append(ServiceStatus("redis", self.name, "-", False, None, ep.redis_note, {"disabled": True}))
         else:
             rv = None
-            if procs.live_pid(self.run / "redis.pid", "redis-server"):
+            if self._live("redis"):
                 try:
                     rv = probes.redis_info(ep.redis_url, t)
                 except Exception:
@@ -205,9 +210,31 @@ class LocalRuntime(Runtime):
         return proc
 
     def _pg_running(self) -> bool:
-        if not (self.pg_data / "PG_VERSION").exists():
+        """postmaster.pid names a live postmaster of this cluster: pid, start time (its third line) and working
+        directory (the data folder) all agree. A zombie left by a SIGKILL, or the pid reused since, is not running."""
+        try:
+            lines = (self.pg_data / "postmaster.pid").read_text().splitlines()
+            pid, started = int(lines[0]), float(lines[2])
+        except (OSError, ValueError, IndexError):
             return False
-        return self._pg_ctl(["status"], check=False).returncode == 0
+        return procs.is_ours(pid, started, procs.Identity(self.pg_data), slack=60.0)  # started: whole seconds, written after startup
+
+    def _clear_dead_postmaster(self, report: _Report) -> None:
+        """After a crash the server's backends may still be exiting and postmaster.pid may name a zombie (or a pid
+        reused since): PostgreSQL would refuse to start ("is another postmaster running?"). Wait until no process
+        runs in the data folder, then drop the file if its pid still exists; a pid that is gone PostgreSQL handles."""
+        lock = self.pg_data / "postmaster.pid"
+        if not lock.exists():
+            return
+        report("postgres: the last server did not stop cleanly; waiting for its processes to exit")
+        if not procs.wait_gone(lambda: procs.processes_in(self.pg_data), self.settings.start_timeout):
+            raise ServiceError(
+                f"postgres: processes of a previous server still run in {self.pg_data}",
+                hint="Stop them (ps -ef | grep postgres), then run `ctx setup` again.", service="postgres",
+            )
+        pid = procs.read_pid(lock)
+        if pid is not None and procs.exists(pid):
+            lock.unlink(missing_ok=True)
 
     def _start_postgres(self, report: _Report) -> bool:
         if self._pg_running():
@@ -224,7 +251,7 @@ class LocalRuntime(Runtime):
             log.touch(exist_ok=True)
             entry = pwd.getpwnam(PG_SYSTEM_USER)
             os.chown(log, entry.pw_uid, entry.pw_gid)
-        (self.pg_data / "postmaster.pid").exists() and report("postgres: a stale postmaster.pid is present; PostgreSQL checks and replaces it")
+        self._clear_dead_postmaster(report)
         self._pg_ctl(["start", "-W", "-l", str(log)])
         report("postgres: started")
         return True
@@ -318,7 +345,7 @@ class LocalRuntime(Runtime):
     # -- Chroma ------------------------------------------------------------------------------------------
     def _start_chroma(self, report: _Report) -> bool:
         pid_file = self.run / "chroma.pid"
-        if procs.live_pid(pid_file, "chroma"):
+        if self._live("chroma"):
             report("chroma: already running")
             return False
         chroma = find_chroma()
@@ -338,7 +365,7 @@ class LocalRuntime(Runtime):
             report("redis: " + self.endpoints().redis_note)
             return False
         pid_file = self.run / "redis.pid"
-        if procs.live_pid(pid_file, "redis-server"):
+        if self._live("redis"):
             report("redis: already running")
             return False
         require_free_port("redis", self.settings.redis_port, "CTX_REDIS_PORT")

@@ -1,6 +1,12 @@
-"""Background processes with pid files: start detached, tell live from stale, stop politely.
+"""Background processes with pid files: start detached, tell ours from a stranger, stop politely.
 
-Linux /proc is read directly (no psutil) so `ctx health` and `ctx status` stay light.
+A process is ours only when all of these hold (psutil, imported when first needed):
+- the pid in the pid file runs and is not a zombie (a SIGKILLed service is a zombie until reaped, and on a machine
+  whose init does not reap, forever);
+- its start time is the one recorded next to the pid when we started it: a pid reused by anything else after a
+  crash or a reboot has another start time;
+- its command line or working directory names this store's folder for the service (under CTX_HOME).
+A command line that merely contains the service's name is never enough.
 """
 
 from __future__ import annotations
@@ -9,34 +15,58 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
+@dataclass(frozen=True)
+class Identity:
+    """How to recognise one of ctx's own services: the folder under CTX_HOME that it runs in and names."""
 
+    folder: Path
 
-def pid_alive(pid: int, expect: str = "") -> bool:
-    """True when `pid` runs and (if given) its command line contains `expect`: a reused pid is not ours."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
+    def names_home(self, proc) -> bool:
+        folder = str(self.folder)
+        try:
+            if any(arg == folder or arg.startswith(folder + os.sep) for arg in proc.cmdline()):
+                return True
+            return proc.cwd() == folder
+        except Exception:  # psutil.Error: gone, or not ours to inspect
             return False
-    except (OSError, IndexError):
-        pass
-    return not expect or expect in cmdline(pid)
+
+
+def _process(pid: int):
+    """The live (non-zombie) process `pid`, or None."""
+    import psutil
+
+    if pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except psutil.Error:
+        return None
+
+
+def start_time(pid: int) -> float | None:
+    proc = _process(pid)
+    try:
+        return round(proc.create_time(), 2) if proc else None
+    except Exception:
+        return None
+
+
+def exists(pid: int) -> bool:
+    """True while `pid` names any process, a zombie included."""
+    import psutil
+
+    return pid > 0 and psutil.pid_exists(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` runs (a zombie is dead: it only waits to be reaped)."""
+    return _process(pid) is not None
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -46,10 +76,26 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def live_pid(pid_file: Path, expect: str) -> int | None:
-    """The pid in `pid_file` if that process is alive and ours; a stale file (crash, reboot) is removed."""
+def _recorded_start(pid_file: Path) -> float | None:
+    try:
+        return float(pid_file.read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_ours(pid: int, started: float | None, identity: Identity, slack: float = 0.0) -> bool:
+    """`pid` runs, started at `started` (within `slack` seconds: 0 for our own records) and names our folder."""
+    proc = _process(pid)
+    now_started = start_time(pid)
+    if proc is None or started is None or now_started is None or abs(now_started - round(started, 2)) > slack + 0.005:
+        return False
+    return identity.names_home(proc)
+
+
+def live_pid(pid_file: Path, identity: Identity) -> int | None:
+    """The pid in `pid_file` if that process is alive and ours; a stale file (crash, reboot, reused pid) is removed."""
     pid = read_pid(pid_file)
-    if pid is not None and pid_alive(pid, expect):
+    if pid is not None and is_ours(pid, _recorded_start(pid_file), identity):
         return pid
     if pid_file.exists():
         pid_file.unlink(missing_ok=True)
@@ -57,7 +103,9 @@ def live_pid(pid_file: Path, expect: str) -> int | None:
 
 
 def spawn(argv: list[str], pid_file: Path, log_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
-    """Start `argv` detached from our session (survives ctx exiting), output appended to `log_file`."""
+    """Start `argv` detached from our session (survives ctx exiting), output appended to `log_file`.
+
+    The pid file holds "<pid> <start time>": the pair that identifies this very process later."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
@@ -72,13 +120,13 @@ def spawn(argv: list[str], pid_file: Path, log_file: Path, env: Mapping[str, str
             close_fds=True,
         )
     tmp = pid_file.with_name(pid_file.name + ".tmp")
-    tmp.write_text(f"{proc.pid}\n")
+    tmp.write_text(f"{proc.pid} {start_time(proc.pid) or 0}\n")
     os.replace(tmp, pid_file)
     return proc.pid
 
 
-def terminate(pid: int, timeout: float = 15.0, expect: str = "") -> bool:
-    """SIGTERM, wait, then SIGKILL. True when the process is gone."""
+def terminate(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM, wait, then SIGKILL. True when the process is gone. Call it only with a pid known to be ours."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -86,7 +134,7 @@ def terminate(pid: int, timeout: float = 15.0, expect: str = "") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
-        if not pid_alive(pid, expect):
+        if not pid_alive(pid):
             return True
         time.sleep(0.1)
     try:
@@ -95,7 +143,29 @@ def terminate(pid: int, timeout: float = 15.0, expect: str = "") -> bool:
         return True
     time.sleep(0.2)
     _reap(pid)
-    return not pid_alive(pid, expect)
+    return not pid_alive(pid)
+
+
+def wait_gone(pids_alive, timeout: float) -> bool:
+    """Poll `pids_alive()` (a list of live pids) until it is empty or `timeout` passes. True when empty."""
+    deadline = time.monotonic() + timeout
+    while pids_alive():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is `folder` (a PostgreSQL cluster's postmaster and backends)."""
+    import psutil
+
+    out = []
+    target = str(folder)
+    for proc in psutil.process_iter(["cwd", "status"]):
+        if proc.info.get("cwd") == target and proc.info.get("status") != psutil.STATUS_ZOMBIE:
+            out.append(proc.pid)
+    return out
 
 
 def _reap(pid: int) -> None:
