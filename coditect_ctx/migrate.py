@@ -37,7 +37,7 @@ from .ingest.records import KINDS as MESSAGE_KINDS
 from .ingest.records import (
     ROLES, CheckpointRecord, MessageRecord, PatternRecord, SessionRecord, Skipped, merge_sessions,
 )
-from .ingest.redact import redact, redact_record
+from .ingest.redact import redact, redact_local_path, redact_record
 from .stores import Store
 from .kinds import KINDS, TABLES, WRITE_ORDER
 from .stores import postgres as pg
@@ -236,7 +236,8 @@ def redact_batch(batch: Batch, report: MigrateReport) -> list[tuple]:
         if counts:
             report.redacted_records += 1
             report.redactions.update(counts)
-            audits.append((kind, record.identity, json.dumps(counts, sort_keys=True), _privacy(getattr(record, "privacy_level", None)), path))
+            audits.append((kind, record.identity, json.dumps(counts, sort_keys=True), _privacy(getattr(record, "privacy_level", None)),
+                           redact(path)[0]))
 
     for _src, rec in batch.checkpoints.values():
         one("checkpoint", rec, rec.source_path)
@@ -493,7 +494,7 @@ def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) 
                VALUES (%s, %s, %s, now(), clock_timestamp())
                ON CONFLICT (name) DO UPDATE SET repo_path = EXCLUDED.repo_path,
                    memory_context_path = EXCLUDED.memory_context_path, last_migrated_at = now()""",
-            (source.name, str(source.root), str(source.memory_context)),
+            (source.name, redact_local_path(source.root), redact_local_path(source.memory_context)),
         )
     rows = _rows(batch)
     src_of = {

@@ -89,7 +89,9 @@ def _file_expectations(conn, report: ValidateReport) -> dict[tuple[str, str], di
     """identity -> content_sha256 per (source, kind), from the registered sources' files, as migrate sees them."""
     sources = conn.execute(
         "SELECT name, memory_context_path FROM submodule_registry ORDER BY created_at, name").fetchall()
-    missing = [name for name, path in sources if not path or not Path(path).is_dir()]
+    # stored as ~/... under the home (or redacted elsewhere: then not found here)
+    sources = [(name, Path(path).expanduser() if path else None) for name, path in sources]
+    missing = [name for name, path in sources if path is None or not path.is_dir()]
     if missing:
         report.problems.append(f"source folders not found, files not compared: {', '.join(missing)}")
         return None

@@ -132,3 +132,38 @@ def cli():
 
 def with_settings(settings: Settings, **changes) -> Settings:
     return replace(settings, **changes)
+
+
+# -- a source whose file names, paths and text carry secrets (fakes assembled at run time) ------------------
+HOSTILE_REF = "2025-11-20T10-00-00Z-Mail-carol.secret@example.org-" + "AKIA" + "IOSFODNN7EXAMPLE"
+HOSTILE_AWS_SECRET = "wJalrXUtnFEMI/" + "K7MDENG/bPxRfiCYEXAMPLEKEY"
+HOSTILE_LEAKS = ("carol.secret", "IOSFODNN7EXAMPLE", "alice.smith", "Zq9pass", "cdSecret", "wJalrXUtnFEMI")
+
+
+def write_hostile_source(home: Path) -> Path:
+    """``home/proj/MEMORY-CONTEXT`` with a checkpoint named after an e-mail and an AWS key id, a session and
+    messages naming it, and passwords the README's own advice produces; returns the repo folder."""
+    import hashlib
+    import json
+
+    repo = home / "proj"
+    mc = repo / "MEMORY-CONTEXT"
+    for folder in ("checkpoints", "sessions", "messages/by-checkpoint"):
+        (mc / folder).mkdir(parents=True, exist_ok=True)
+    body = ("Moved the app to postgresql://admin:%40Zq9pass@db.internal/app and the report job to "
+            f"postgresql://admin:ab/cdSecret@host; the CI key is {HOSTILE_AWS_SECRET}.")
+    (mc / "checkpoints" / f"{HOSTILE_REF}.md").write_text(
+        "# CODITECT Checkpoint: Rotated the app database password\n\n**Timestamp:** 2025-11-20T10:00:00Z\n"
+        "**Sprint:** Sprint 9\n**Status:** ✅ CHECKPOINT CAPTURED\n\n---\n\n## Executive Summary\n\n" + body + "\n")
+    (mc / "sessions" / (HOSTILE_REF.replace("T10-", "T05-") + ".md")).write_text(
+        "# Session Export: Rotated the app database password\n\n**Timestamp:** 2025-11-20T10:00:00Z\n"
+        f"**Checkpoint:** {HOSTILE_REF}.md\n**Repository:** {home}/proj\n**Participants:** user, claude-code\n\n---\n\n"
+        "## Conversation Summary\n\n" + body + "\n")
+    lines = []
+    for index, (role, content) in enumerate([("user", "Rotate the database password, mail carol.secret@example.org"),
+                                             ("assistant", body)]):
+        digest = hashlib.sha256(json.dumps({"role": role, "content": content}, sort_keys=True).encode()).hexdigest()
+        lines.append(json.dumps({"hash": digest, "message": {"index": index, "role": role, "type": role, "content": content},
+                                 "first_seen": "2025-11-20T10:01:00+00:00", "checkpoint": HOSTILE_REF}))
+    (mc / "messages" / "by-checkpoint" / f"{HOSTILE_REF}.jsonl").write_text("\n".join(lines) + "\n")
+    return repo

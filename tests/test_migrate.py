@@ -21,7 +21,9 @@ from coditect_ctx.stores import Store
 from coditect_ctx.stores.chroma import COLLECTIONS, record_id_of
 from coditect_ctx.validate import run_validate
 
-from .conftest import CORPUS, SAMPLES, _start, _short_tmp, make_settings, settings_env
+from .conftest import (
+    CORPUS, HOSTILE_LEAKS, SAMPLES, _start, _short_tmp, make_settings, settings_env, write_hostile_source,
+)
 
 DEMO = SAMPLES / "coditect-demo"
 SECRETS = ("sk-ant-api03", "@coditect-demo.example", "hunter2", "s3cr3t")
@@ -140,6 +142,47 @@ def test_pii_never_reaches_the_store(demo):
                 blob = json.dumps(page)
                 for secret in SECRETS:
                     assert secret not in blob
+
+
+def test_hostile_names_and_paths_never_reach_the_store(fresh_stack, tmp_path):
+    """A checkpoint named after an e-mail and an AWS key id, in a repo under the user's home: the ref, the source
+    paths, the audit's paths and the registry's repo path are redacted like text, links by ref still hold, and
+    `ctx validate` re-reads the files (from ~/proj) and agrees."""
+    home = tmp_path / "home" / "alice.smith"
+    repo = write_hostile_source(home)
+    env = {**os.environ, **settings_env(fresh_stack), "HOME": str(home)}
+
+    def ctx(*args):
+        return subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=600)
+
+    proc = ctx("migrate", str(repo))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ref = "2025-11-20T10-00-00Z-[REDACTED-EMAIL]@example.org-AKIA[REDACTED]"
+    with Store(fresh_stack) as store, store.pg() as conn:
+        assert conn.execute("SELECT ref, source_path FROM checkpoints").fetchall() == [
+            (ref, f"MEMORY-CONTEXT/checkpoints/{ref}.md")]
+        assert conn.execute("SELECT repo_path, memory_context_path FROM submodule_registry").fetchall() == [
+            ("~/proj", "~/proj/MEMORY-CONTEXT")]
+        assert conn.execute(
+            "SELECT source_path FROM privacy_audit WHERE record_type = 'checkpoint'").fetchall() == [
+            (f"MEMORY-CONTEXT/checkpoints/{ref}.md",)]
+        assert conn.execute("SELECT checkpoint_ref FROM sessions").fetchall() == [(ref,)]
+        # the session and the messages still find their checkpoint by the (redacted) ref
+        assert conn.execute("SELECT count(*) FROM sessions WHERE checkpoint_id IS NOT NULL").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*), count(checkpoint_id) FROM messages").fetchone() == (2, 2)
+        stored = {table: [r[0] for r in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t")]
+                  for table in ("checkpoints", "sessions", "messages", "privacy_audit", "submodule_registry")}
+        for name in COLLECTIONS.values():
+            stored[name] = [json.dumps(page) for page in store.chroma.iter_all(name, include=("documents", "metadatas"))]
+    assert stored["sessions"] and stored["messages"] and any(stored[n] for n in COLLECTIONS.values())
+    for place, texts in stored.items():
+        for leak in HOSTILE_LEAKS:
+            assert not any(leak in text for text in texts), (place, leak)
+    proc = ctx("validate", "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 0 and data["ok"] and data["files_checked"], data
+    assert {r["source"] for r in data["rows"]} == {"proj"} and all(r["files"] for r in data["rows"]), data
 
 
 def test_dry_run_writes_nothing(fresh_stack, cli):

@@ -387,3 +387,46 @@ def test_merge_sessions_keeps_conversation_and_summary():
     with pytest.raises(ValueError):
         merge_sessions([parts[0], read_session_md(mc / "sessions" / "2025-03-06-Flaky-CI-job-stabilised.md",
                                                   demo_path())])
+
+
+def test_hostile_file_names_are_redacted_and_links_still_match(tmp_path):
+    """File names, paths and refs are data: redacted like text, by the same function wherever a ref appears, so a
+    session and its messages still name their checkpoint; identities stay those of the original names."""
+    from dataclasses import asdict
+
+    from coditect_ctx.ingest.records import checkpoint_identity
+    from coditect_ctx.ingest.redact import redact_record
+
+    from .conftest import HOSTILE_LEAKS, HOSTILE_REF, write_hostile_source
+
+    repo = write_hostile_source(tmp_path / "home" / "alice.smith")
+    records = [r for r in iter_source(discover_sources(repo)[0])]
+    assert not [r for r in records if isinstance(r, Skipped)]
+    checkpoint = next(r for r in records if isinstance(r, CheckpointRecord))
+    session = next(r for r in records if isinstance(r, SessionRecord))
+    messages = [r for r in records if isinstance(r, MessageRecord)]
+    assert checkpoint.identity == checkpoint_identity(HOSTILE_REF)
+    for record in records:
+        redact_record(record)
+    expected_ref = "2025-11-20T10-00-00Z-[REDACTED-EMAIL]@example.org-AKIA[REDACTED]"
+    assert checkpoint.ref == session.checkpoint_ref == expected_ref
+    assert {m.checkpoint_ref for m in messages} == {expected_ref}
+    assert checkpoint.source_path == f"MEMORY-CONTEXT/checkpoints/{expected_ref}.md"
+    assert session.source_path == ("MEMORY-CONTEXT/sessions/2025-11-20T05-00-00Z-[REDACTED-EMAIL]@example.org"
+                                   "-AKIA[REDACTED].md")
+    assert checkpoint.identity == checkpoint_identity(HOSTILE_REF)
+    for record in records:
+        dumped = json.dumps(asdict(record), default=str)
+        for leak in HOSTILE_LEAKS:
+            assert leak not in dumped, (type(record).__name__, leak)
+
+
+def test_local_paths_are_stored_home_relative_or_redacted(tmp_path, monkeypatch):
+    from coditect_ctx.ingest.redact import redact_local_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "alice.smith"))
+    assert redact_local_path(tmp_path / "alice.smith" / "proj" / "MEMORY-CONTEXT") == "~/proj/MEMORY-CONTEXT"
+    assert redact_local_path(tmp_path / "alice.smith") == "~"
+    assert redact_local_path("/home/bob.jones/work/proj") == "/home/[USER]/work/proj"
+    assert redact_local_path("/srv/repos/carol@example.org-notes") == "/srv/repos/[REDACTED-EMAIL]@example.org-notes"
+    assert redact_local_path("/srv/repos/proj") == "/srv/repos/proj"
