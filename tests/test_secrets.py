@@ -4,8 +4,11 @@ by an interrupted pg_dump."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from coditect_ctx.config import load_settings
 from coditect_ctx.runtime.external import ExternalRuntime
@@ -61,3 +64,108 @@ def test_debug_traceback_of_a_real_failure_shows_no_secret(tmp_path):
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr, proc.stderr
     assert _secrets_in(proc.stdout + proc.stderr, [URL_SECRET, REDIS_SECRET, CHROMA_SECRET]) == [], proc.stderr
+
+
+# -- child processes: no CTX_* secret in their environment; pg_dump ended with ctx ---------------------------
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _children(ppid: int, name: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("Name", "").strip() == name and fields.get("PPid", "").strip() == str(ppid):
+            found.append(int(entry))
+    return found
+
+
+def _pg_dumps_of(settings) -> list[int]:
+    """Every pg_dump process running against this store's port, whoever its parent."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"pg_dump") and str(settings.pg_port).encode() in args:
+                found.append(int(entry))
+    return found
+
+
+def test_child_processes_get_no_ctx_secrets_and_interrupted_pg_dump_is_ended(tmp_path, monkeypatch, models_dir):
+    from coditect_ctx import backup as bk
+    from coditect_ctx import stack as stack_job
+    from coditect_ctx.runtime import pgtools, procs
+    from coditect_ctx.stores import Store
+
+    from .conftest import _short_tmp, settings_env
+
+    secrets_env = {
+        "CTX_PG_PASSWORD": PG_SECRET, "CTX_REDIS_PASSWORD": REDIS_SECRET, "CTX_CHROMA_TOKEN": CHROMA_SECRET,
+        "CTX_PG_URL": f"postgresql://ctx:{URL_SECRET}@127.0.0.1:1/x", "CTX_REDIS_URL": f"redis://:{URL_SECRET}@127.0.0.1:1/0",
+    }
+    for key, value in secrets_env.items():
+        monkeypatch.setenv(key, value)
+    secret_values = [PG_SECRET, REDIS_SECRET, CHROMA_SECRET, URL_SECRET]
+
+    # the helper: nothing of ctx's own unless allowed by name; PostgreSQL tools get exactly their password
+    assert not [k for k in procs.child_env() if k.startswith("CTX_")]
+    assert procs.child_env(allow=["CTX_CHROMA_TOKEN"])["CTX_CHROMA_TOKEN"] == CHROMA_SECRET
+    tool = pgtools.tool_env(PG_SECRET)
+    assert tool["PGPASSWORD"] == PG_SECRET and not [k for k in tool if k.startswith("CTX_")]
+
+    settings = make_settings(_short_tmp("ctx-sec-"))  # secrets from the environment, as an operator may give them
+    assert settings.pg_password == PG_SECRET and settings.redis_password == REDIS_SECRET
+    stack_job.setup(settings, prepare_model=False)
+    (settings.home / "models").symlink_to(models_dir, target_is_directory=True)
+    try:
+        pids = {
+            "postgres": int((settings.home / "postgres" / "data" / "postmaster.pid").read_text().split()[0]),
+            "chroma": int((settings.home / "run" / "chroma.pid").read_text().split()[0]),
+            "redis": int((settings.home / "run" / "redis.pid").read_text().split()[0]),
+        }
+        for service, pid in pids.items():
+            env = _environ(pid)
+            assert env, service  # readable: we are its user or root
+            assert [k for k in env if k.startswith("CTX_")] == [], service
+            assert _secrets_in("\n".join(f"{k}={v}" for k, v in env.items()), secret_values) == [], service
+
+        for sig, code, line in ((signal.SIGTERM, 143, "Terminated."), (signal.SIGINT, 130, "Interrupted.")):
+            with Store(settings) as store:
+                locker = store.pg()
+                locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # pg_dump waits: reliably mid-dump
+                proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "backup"],
+                                        env={**os.environ, **settings_env(settings)}, cwd=tmp_path,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                try:
+                    deadline = time.monotonic() + 90
+                    while not _children(proc.pid, "pg_dump") and proc.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    dumps = _children(proc.pid, "pg_dump")
+                    assert dumps, f"no pg_dump child of ctx: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
+                    env = _environ(dumps[0])
+                    assert env["PGPASSWORD"] == PG_SECRET  # the one secret pg_dump needs
+                    assert [k for k in env if k.startswith("CTX_")] == []
+                    assert _secrets_in("\n".join(env.values()), [REDIS_SECRET, CHROMA_SECRET, URL_SECRET]) == []
+                    os.kill(proc.pid, sig)  # to ctx alone, not its process group
+                    out, err = proc.communicate(timeout=60)
+                finally:
+                    locker.rollback()
+                    locker.close()
+                    if proc.poll() is None:
+                        proc.kill()
+            assert proc.returncode == code, err
+            assert err.strip().splitlines()[-1] == line and "Traceback" not in err and out == "", err  # one line, after progress
+            assert _pg_dumps_of(settings) == []  # no orphan pg_dump left running
+            assert [b for b in bk.list_backups(settings.backups_path) if b.complete] == []
+    finally:
+        stack_job.down(settings, volumes=True)

@@ -368,7 +368,7 @@ class ExternalRuntime(Runtime):
         connect = database_args(tool, dbname and conninfo, conninfo)
         failures = []
         for binary, major in choose_pg_client(tool, server_major, self.settings.pg_bin):
-            proc = run_tool([str(binary), *args, *connect], env, output, input_file)
+            proc = run_tool([str(binary), *args, *connect], env, output, input_file, self.settings.pg_tool_timeout)
             err = proc.stderr.decode(errors="replace")
             if proc.returncode == 0:
                 return tool_text(proc, output)

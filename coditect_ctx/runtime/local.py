@@ -337,7 +337,7 @@ class LocalRuntime(Runtime):
         s = self.settings
         argv = [str(self.pg_bin / tool), "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", s.pg_user, *args,
                 *database_args(tool, dbname, s.pg_db)]
-        proc = run_tool(argv, tool_env(s.pg_password), output, input_file)
+        proc = run_tool(argv, tool_env(s.pg_password), output, input_file, s.pg_tool_timeout)
         if proc.returncode != 0:
             raise ServiceError(f"postgres: {tool} failed: {proc.stderr.decode(errors='replace').strip()[-800:]}", service="postgres")
         return tool_text(proc, output)
@@ -352,7 +352,7 @@ class LocalRuntime(Runtime):
         if chroma is None:
             raise ConfigError("chroma: the `chroma` command was not found", hint="pip install chromadb (a dependency of ctx).")
         require_free_port("chroma", self.settings.chroma_port, "CTX_CHROMA_PORT")
-        env = dict(os.environ, ANONYMIZED_TELEMETRY="False", CHROMA_TELEMETRY="false")
+        env = procs.child_env(ANONYMIZED_TELEMETRY="False", CHROMA_TELEMETRY="false")
         argv = [str(chroma), "run", "--path", str(self.chroma_dir), "--host", "127.0.0.1", "--port", str(self.settings.chroma_port)]
         procs.spawn(argv, pid_file, self.log_path("chroma"), env=env, cwd=self.chroma_dir)
         report("chroma: started")
@@ -372,13 +372,14 @@ class LocalRuntime(Runtime):
         conf = self.redis_dir / "redis.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            # The password lives in this 0600 file, not on the command line where `ps` would show it.
+            # The password lives in this 0600 file, not on the command line where `ps` would show it. No process
+            # title: Redis would write it over its environment, which then no one could check for secrets.
             fh.write(
                 "bind 127.0.0.1\nprotected-mode yes\n"
                 f"port {self.settings.redis_port}\n"
                 f"requirepass {self.settings.redis_password}\n"
                 f'dir "{self.redis_dir}"\n'
-                "daemonize no\nsave 300 1\nappendonly no\nmaxmemory 256mb\nmaxmemory-policy allkeys-lru\n"
+                "daemonize no\nset-proc-title no\nsave 300 1\nappendonly no\nmaxmemory 256mb\nmaxmemory-policy allkeys-lru\n"
             )
         procs.spawn([str(binary), str(conf)], pid_file, self.log_path("redis"), cwd=self.redis_dir)
         report("redis: started")

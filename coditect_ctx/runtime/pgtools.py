@@ -9,13 +9,13 @@ dump file and stdin from one. The runtimes add only where their server is.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from ..errors import ConfigError, ServiceError
+from .procs import child_env
 
 PG_TOOLS = ("pg_dump", "pg_restore", "psql")
 
@@ -26,8 +26,9 @@ def require_tool(tool: str, allowed: tuple[str, ...] = PG_TOOLS) -> None:
 
 
 def tool_env(password: str | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a PostgreSQL binary: no inherited PG* variable, C locale, PGPASSWORD when given."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("PG")}
+    """The environment of a PostgreSQL binary (server or client tool): no inherited PG* or CTX_* variable, C
+    locale, PGPASSWORD when given."""
+    env = {k: v for k, v in child_env(base=base).items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
     if password:
         env["PGPASSWORD"] = password
@@ -42,12 +43,18 @@ def database_args(tool: str, dbname: str | None, default: str) -> list[str]:
     return ["--dbname", dbname or default]
 
 
-def run_tool(argv: list[str], env: dict, output: Path | None, input_file: Path | None) -> subprocess.CompletedProcess:
-    """Run a tool; stdout to `output` when given, stdin from `input_file` when given (else nothing)."""
+def run_tool(argv: list[str], env: dict, output: Path | None, input_file: Path | None,
+             timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a tool; stdout to `output` when given, stdin from `input_file` when given (else nothing). A tool that
+    runs past `timeout` seconds, or any exception here (Ctrl-C, SIGTERM to ctx), ends it: no orphan is left."""
     stdout = open(output, "wb") if output else subprocess.PIPE
     stdin = open(input_file, "rb") if input_file else subprocess.DEVNULL
     try:
-        return subprocess.run(argv, stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, env=env)
+        return subprocess.run(argv, stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed and reaped it
+        raise ServiceError(f"postgres: {Path(argv[0]).name} did not finish within {timeout:.0f} s and was stopped",
+                           hint="Raise CTX_PG_TOOL_TIMEOUT (seconds) for a larger database, or find what holds it up "
+                                "(a lock: `ctx status`, pg_stat_activity).", service="postgres") from None
     finally:
         if output:
             stdout.close()

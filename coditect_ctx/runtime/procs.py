@@ -17,7 +17,19 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
+
+CHILD_ENV_DROP = "CTX_"  # ctx's own settings: passwords, tokens and URLs holding them
+
+
+def child_env(allow: Iterable[str] = (), base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a process ctx starts (a service, a PostgreSQL tool): ours without any CTX_* variable
+    except those named in `allow` (a child that needs its own secret gets it explicitly), plus `extra`."""
+    keep = set(allow)
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if not k.startswith(CHILD_ENV_DROP) or k in keep}
+    env.update(extra)
+    return env
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,8 @@ def live_pid(pid_file: Path, identity: Identity) -> int | None:
 
 
 def spawn(argv: list[str], pid_file: Path, log_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
-    """Start `argv` detached from our session (survives ctx exiting), output appended to `log_file`.
+    """Start `argv` detached from our session (survives ctx exiting), output appended to `log_file`; its
+    environment is `env`, else `child_env()` (no CTX_* secret).
 
     The pid file holds "<pid> <start time>": the pair that identifies this very process later."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +127,7 @@ def spawn(argv: list[str], pid_file: Path, log_file: Path, env: Mapping[str, str
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
+            env=dict(env) if env is not None else child_env(),
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
