@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def _read_env_file(path: Path) -> dict[str, str]:
         return {}
     from dotenv import dotenv_values
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    # interpolate=False: a value is what is written, `$` and `${X}` included (a password may hold them)
+    return {k: v for k, v in dotenv_values(path, interpolate=False).items() if v is not None}
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
@@ -200,12 +202,20 @@ def ensure_secrets(settings: Settings) -> Settings:
 
 
 def _write_env_file(path: Path, values: dict[str, str]) -> None:
-    """Atomically write KEY=value lines with mode 0600 from the first byte (no window where it is readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("# Written by ctx setup. Secrets: keep this file private (mode 0600).\n")
+    """Set KEY=value lines in `path` with python-dotenv's own writer and quoting (so any character reads back as
+    written: ' " $ ${X} # = \\ spaces), keeping the file's other lines. Atomic, and mode 0600 from the first
+    byte: a private temporary file of its own name, renamed over `path`."""
+    from dotenv import set_key
+
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # a name of its own, 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(path.read_text() if path.is_file() else
+                     "# Written by ctx setup. Secrets: keep this file private (mode 0600).\n")
         for key, value in values.items():
-            fh.write(f"{key}='{value}'\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+            set_key(tmp, key, value, quote_mode="always")  # rewrites the private temporary file (0600) only
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -169,3 +169,35 @@ def test_child_processes_get_no_ctx_secrets_and_interrupted_pg_dump_is_ended(tmp
             assert [b for b in bk.list_backups(settings.backups_path) if b.complete] == []
     finally:
         stack_job.down(settings, volumes=True)
+
+
+# -- .env: python-dotenv's own quoting, read without interpolation ------------------------------------------
+TRICKY = {
+    "CTX_PG_PASSWORD": "it's a \"pass\" $HOME ${X} # not a comment = \\ end\\",
+    "CTX_REDIS_PASSWORD": "  spaced ' and \\' and \\\\ ",
+    "CTX_CHROMA_TOKEN": "${X}$X'$'\"#=",
+    "CTX_PG_URL": "postgresql://u:p%40ss'$x@db.example.com:5432/ctx?sslmode=require#frag",
+}
+
+
+def test_env_file_round_trips_every_character(tmp_path, monkeypatch):
+    from coditect_ctx.config import _write_env_file, ensure_secrets
+
+    monkeypatch.setenv("X", "EXPANDED")  # reading must not expand ${X} or $X
+    home = tmp_path / "home"
+    home.mkdir()
+    _write_env_file(home / ".env", TRICKY)
+    assert (home / ".env").stat().st_mode & 0o777 == 0o600
+    settings = load_settings(home=str(home))
+    assert (settings.pg_password, settings.redis_password, settings.chroma_token, settings.pg_url) == tuple(TRICKY.values())
+
+    # a hand-kept .env with loose permissions: setup makes it private again, and keeps every value and comment
+    env_file = home / ".env"
+    env_file.write_text("# mine\n" + env_file.read_text())
+    env_file.chmod(0o644)
+    ensured = ensure_secrets(load_settings(home=str(home)))
+    assert env_file.stat().st_mode & 0o777 == 0o600 and env_file.read_text().startswith("# mine\n")
+    assert ensured.pg_password == TRICKY["CTX_PG_PASSWORD"] and ensured.chroma_token == TRICKY["CTX_CHROMA_TOKEN"]
+    again = load_settings(home=str(home))
+    assert (again.pg_password, again.redis_password, again.chroma_token, again.pg_url) == tuple(TRICKY.values())
+    assert sorted(p.name for p in home.iterdir()) == [".env"]  # no temporary file left
