@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
+from . import __version__, output
 from .commands import backup, health, migrate, search, stack
 
 
@@ -52,5 +52,8 @@ for module in (stack, health, migrate, backup, search):
 
 
 def main() -> None:
-    if not search.fast_main(sys.argv[1:]):  # a plain `ctx search` skips Typer's start-up cost
-        app(prog_name="ctx")  # also under `python -m coditect_ctx`: one completion variable, _CTX_COMPLETE
+    def start() -> None:
+        if not search.fast_main(sys.argv[1:]):  # a plain `ctx search` skips Typer's start-up cost
+            app(prog_name="ctx")  # also under `python -m coditect_ctx`: one completion variable, _CTX_COMPLETE
+
+    output.run(start)  # the last resort: what escapes a command (a callback, Typer itself) is one line, too

@@ -173,7 +173,32 @@ def load_settings(**flags: Any) -> Settings:
         raise ConfigError(
             f"Unknown runtime {settings.runtime!r}", hint=f"Use one of: {', '.join(RUNTIMES)} (flag --runtime or CTX_RUNTIME)."
         )
+    _check_ranges(settings)
     return settings
+
+
+PORTS = ("pg_port", "chroma_port", "redis_port")
+POSITIVE = ("timeout", "chroma_read_timeout", "start_timeout", "backup_max_age_hours")
+PERCENTS = ("disk_warn_percent", "disk_crit_percent")
+
+
+def _check_ranges(settings: Settings) -> None:
+    """Refuse values no service could use, before anything is started with them."""
+    for name in PORTS:
+        value = getattr(settings, name)
+        if not 1 <= value <= 65535:
+            raise ConfigError(f"Setting CTX_{name.upper()} is {value}, not a TCP port",
+                              hint="Give a port from 1 to 65535 (flag or environment variable, or $CTX_HOME/.env).")
+    for name in POSITIVE:
+        value = getattr(settings, name)
+        if not value > 0 or value == float("inf"):  # also refuses nan
+            raise ConfigError(f"Setting CTX_{name.upper()} is {value}, it must be above 0",
+                              hint=f"Unset CTX_{name.upper()} for the default ({getattr(Settings, name)}), or give a positive number.")
+    for name in PERCENTS:
+        value = getattr(settings, name)
+        if not 0 < value <= 100:
+            raise ConfigError(f"Setting CTX_{name.upper()} is {value}, not a percentage",
+                              hint="Give a number above 0 and at most 100.")
 
 
 def ensure_secrets(settings: Settings) -> Settings:

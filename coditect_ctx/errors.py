@@ -6,6 +6,8 @@ The CLI maps these to exit codes and friendly messages; library callers can catc
 
 from __future__ import annotations
 
+import sys
+
 
 class CtxError(Exception):
     """Base of every error ctx raises on purpose."""
@@ -59,3 +61,38 @@ class DataError(CtxError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM reached ctx: raised like Ctrl-C, so every cleanup an interrupt runs also runs (a child tool is
     ended, a partial backup removed); the CLI exits 143."""
+
+
+class InternalError(CtxError):
+    """An exception ctx did not expect: a bug. EX_SOFTWARE, so cron never reads it as a partial success."""
+
+    exit_code = 70
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def as_ctx_error(exc: BaseException) -> CtxError:
+    """The CtxError an exception means to the operator: a lost service, an unusable path, or else a bug.
+
+    The last resort of the CLI: whatever escaped a command becomes one line and an exit code, never a traceback.
+    """
+    if isinstance(exc, CtxError):
+        return exc
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return ServiceError(f"PostgreSQL connection lost: {_first_line(exc)}", service="postgres",
+                            hint="See `ctx health`; `ctx setup` starts a stopped store. Then run the command again: "
+                                 "what was committed is kept, and a rerun finishes the rest.")
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return ServiceError(f"a service stopped answering: {_first_line(exc)}",
+                            hint="See `ctx health` for which; `ctx setup` starts a stopped store. Then run the command again.")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = exc.filename
+        return ConfigError(f"cannot use {where}: {exc.strerror or _first_line(exc)}",
+                           hint="Make that folder writable by this user (and the disk not full), or point CTX_HOME "
+                                "(--home) or --dest at one that is.")
+    return InternalError(f"unexpected {type(exc).__name__}: {_first_line(exc)}",
+                         hint="This is a bug in ctx. Run again with CTX_DEBUG=1 to see the traceback, and report it.")

@@ -176,7 +176,7 @@ def newest_backup(settings: Settings) -> tuple[Path, datetime] | None:
         try:
             data = json.loads(manifest.read_text())
             ended = datetime.fromisoformat(str(data.get("ended_at") or data.get("end_time")).replace("Z", "+00:00"))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):  # unreadable, not JSON, not an object, no date
             continue
         if ended.tzinfo is None:
             ended = ended.replace(tzinfo=timezone.utc)
@@ -197,6 +197,14 @@ def check_backup(settings: Settings) -> Check | None:
                  {"backup_age_hours": (round(age_h, 2), "", limit, None, 0, None)})
 
 
+def _guarded(name: str, check, *args) -> Check | None:
+    """A check that fails in a way nobody foresaw is UNKNOWN (it could not run), never a crash of the whole run."""
+    try:
+        return check(*args)
+    except Exception as exc:
+        return Check(name, UNKNOWN, f"check failed: {_short(exc)}")
+
+
 def run_health(settings: Settings) -> HealthReport:
     start = time.monotonic()
     store = Store(settings)
@@ -207,17 +215,17 @@ def run_health(settings: Settings) -> HealthReport:
         return HealthReport([Check("config", UNKNOWN, exc.message)], time.monotonic() - start, "?")
     with ThreadPoolExecutor(max_workers=5) as pool:
         futures = [
-            pool.submit(check_postgres, store, t),
-            pool.submit(check_chroma, store, t),
-            pool.submit(check_redis, store, t),
-            pool.submit(check_disk, settings),
-            pool.submit(check_backup, settings),
+            pool.submit(_guarded, "postgres", check_postgres, store, t),
+            pool.submit(_guarded, "chroma", check_chroma, store, t),
+            pool.submit(_guarded, "redis", check_redis, store, t),
+            pool.submit(_guarded, "disk", check_disk, settings),
+            pool.submit(_guarded, "backup", check_backup, settings),
         ]
         checks = [f.result() for f in futures]
     checks = [c for c in checks if c is not None]
     by_name = {c.name: c for c in checks}
     if by_name["postgres"].status != CRITICAL and by_name["chroma"].status == OK:
-        checks.append(check_drift(store, t))
+        checks.append(_guarded("drift", check_drift, store, t))
     return HealthReport(checks, time.monotonic() - start, store.runtime.name)
 
 

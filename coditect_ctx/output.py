@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import CtxError, Terminated
+from .errors import CtxError, Terminated, as_ctx_error
 
 _consoles: dict[str, Any] = {}
 
@@ -31,6 +31,25 @@ def console(stderr: bool = False):
     return cached
 
 
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: object) -> str:
+    """Text from outside (file names, reasons quoting them) made safe for a terminal line: control characters
+    (newline, ESC of ANSI sequences, C1) and bidi overrides are shown escaped, so a name can never forge a line."""
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        if ch in _BIDI or unicodedata.category(ch) == "Cc":
+            code = ord(ch)
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or
+                       (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def note(message: str) -> None:
     console(stderr=True).print(message, markup=False)
 
@@ -45,9 +64,9 @@ def fail(exc: CtxError, json_mode: bool = False) -> int:
         emit_json({"ok": False, **exc.as_dict()})
     else:
         err = console(stderr=True)
-        err.print(f"Error: {exc.message}", markup=False, style="bold red")
+        err.print(f"Error: {printable(exc.message)}", markup=False, style="bold red")
         if exc.hint:
-            err.print(f"Hint: {exc.hint}", markup=False)
+            err.print(f"Hint: {printable(exc.hint)}", markup=False)
     return exc.exit_code
 
 
@@ -55,25 +74,32 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def run(fn: Callable[[], int | None], json_mode: bool = False) -> None:
-    """Call a command body; map CtxError to its exit code; Ctrl-C to 130 and SIGTERM to 143, each one line, after
-    the interrupted work cleaned up (a child tool ended, a partial backup removed). Exits the process."""
+def run(fn: Callable[[], int | None], json_mode: bool = False, unexpected_code: int | None = None) -> None:
+    """Call a command body; map CtxError to its exit code, anything else through `as_ctx_error` (never a
+    traceback unless CTX_DEBUG=1; `unexpected_code` replaces the exit code of a bug); Ctrl-C to 130 and SIGTERM
+    to 143, each one line, after the interrupted work cleaned up (a child tool ended, a partial backup removed).
+    Exits the process."""
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: signals stay as they are
         previous = None
     try:
         code = fn() or 0
-    except CtxError as exc:
-        if os.environ.get("CTX_DEBUG"):
-            raise
-        code = fail(exc, json_mode)
     except Terminated:
         note("Terminated.")
         code = 143
     except KeyboardInterrupt:
         note("Interrupted.")
         code = 130
+    except Exception as exc:
+        click = sys.modules.get("click")
+        if os.environ.get("CTX_DEBUG") or (click and isinstance(exc, (click.exceptions.Exit, click.exceptions.Abort,
+                                                                       click.exceptions.ClickException))):
+            raise
+        error = as_ctx_error(exc)
+        code = fail(error, json_mode)
+        if unexpected_code is not None and not isinstance(exc, CtxError):
+            code = unexpected_code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -82,12 +108,13 @@ def run(fn: Callable[[], int | None], json_mode: bool = False) -> None:
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]):
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col in columns:
         t.add_column(col)
-    for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+    for row in rows:  # cells are plain text: a name holding `[red]` or an escape sequence is shown as it is
+        t.add_row(*[Text("" if v is None else printable(v)) for v in row])
     return t
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from .config import Settings, ensure_secrets
-from .errors import CtxError, ServiceError
+from .errors import ConfigError, CtxError, ServiceError
 from .runtime import get_runtime, record_runtime, resolve_runtime_name
 from .stores import Store
 from .stores import postgres as pg
@@ -31,6 +32,7 @@ class SetupResult:
 
 def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: bool = True) -> SetupResult:
     """Start what is not running, wait for it, apply the schema, create collections. Idempotent."""
+    check_home_writable(settings)
     name = resolve_runtime_name(settings, report=report)
     if name != "external":  # external: the operator's URLs carry every password; nothing generated may override them
         settings = ensure_secrets(settings)
@@ -55,6 +57,23 @@ def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: 
         result.model = _prepare_query_model(settings, report)
     result.changed = bool(result.schema_applied or result.collections_created)
     return result
+
+
+def check_home_writable(settings: Settings) -> None:
+    """CTX_HOME must be a folder this user can create files in: said before anything starts, naming the folder."""
+    import tempfile
+
+    home = settings.home
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ctx-write-test.", dir=home)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "is not a folder" if home.exists() and not home.is_dir() else f"is not writable ({exc.strerror or exc})"
+        raise ConfigError(f"CTX_HOME {home} {what}",
+                          hint="Point CTX_HOME (or --home) at a folder this user can write, or fix that folder's "
+                               "permissions (read-only mount, chattr +i, owner).") from exc
 
 
 def _prepare_query_model(settings: Settings, report: Report) -> str:

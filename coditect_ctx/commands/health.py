@@ -62,4 +62,4 @@ def health(
             os.replace(tmp, out_file)
         return report.status
 
-    output.run(body, fmt is Format.json)
+    output.run(body, fmt is Format.json, unexpected_code=3)  # UNKNOWN: cron must never read a crash as WARNING

@@ -59,9 +59,9 @@ def _render(report) -> None:
     for src, per in report.sources.items():
         for kind, s in sorted(per.items()):
             for reason, n in s.skipped_reasons.items():
-                out.print(f"skipped: {src} {kind}: {n} x {reason}", markup=False)
+                out.print(output.printable(f"skipped: {src} {kind}: {n} x {reason}"), markup=False)
             for f in s.failures:
-                output.note(f"failed: {src} {f['file']}: {f['reason']}")
+                output.note(output.printable(f"failed: {src} {f['file']}: {f['reason']}"))
     if report.redacted_records:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.redactions.items()))
         out.print(f"redacted: {report.redacted_records} records ({kinds})", markup=False)
@@ -69,7 +69,7 @@ def _render(report) -> None:
         out.print(f"embedded: {report.embedded_records} records, {report.embedded_vectors} vectors; "
                   f"not embedded: {report.not_embedded}", markup=False)
     if report.embed_error:
-        output.note(f"warning: {report.embed_error}")
+        output.note(output.printable(f"warning: {report.embed_error}"))
 
 
 def validate(
@@ -118,8 +118,8 @@ def _render_validate(report) -> None:
     out.print(output.table("validate: " + ("all agree" if report.ok else "DISAGREEMENT"),
                            ["source", "type", "files", "postgres", "embedded", "vectors", "verdict"], rows))
     for p in report.problems:
-        out.print(f"problem: {p}", markup=False)
+        out.print(output.printable(f"problem: {p}"), markup=False)
     for r in report.repaired:
-        out.print(f"repaired: {r}", markup=False)
+        out.print(output.printable(f"repaired: {r}"), markup=False)
     for u in report.unrepairable:
-        out.print(f"not repaired: {u}", markup=False)
+        out.print(output.printable(f"not repaired: {u}"), markup=False)

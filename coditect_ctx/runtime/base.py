@@ -132,11 +132,19 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def require_free_port(service: str, port: int, setting: str) -> None:
     if not port_is_free(port):
-        raise PortInUseError(
-            f"{service}: port {port} on 127.0.0.1 is already in use by another process",
-            hint=f"Stop that process, or choose another port with {setting} (e.g. {setting}={port + 1}).",
-            service=service,
-        )
+        raise port_in_use(service, port, setting)
+
+
+def port_in_use(service: str, port: int, setting: str) -> PortInUseError:
+    """The error for a taken port; its hint names a port that is free right now (the next one up that binds)."""
+    candidates = [*range(port + 1, min(port + 200, 65536)), *range(port - 1, max(port - 200, 1023), -1)]
+    free = next((p for p in candidates if port_is_free(p)), None)
+    example = f" (e.g. {setting}={free}, free now)" if free else ""
+    return PortInUseError(
+        f"{service}: port {port} on 127.0.0.1 is already in use by another process",
+        hint=f"Stop that process, or choose another port with {setting}{example}.",
+        service=service,
+    )
 
 
 def tcp_answers(host: str, port: int, timeout: float = 0.5) -> bool:

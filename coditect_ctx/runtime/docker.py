@@ -22,8 +22,10 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from ..config import Settings
-from ..errors import ConfigError, PortInUseError, ServiceError, UsageError
-from .base import SERVICES, Endpoints, Runtime, ServiceStatus, loopback_endpoints, require_free_port, wait_until
+from ..errors import ConfigError, ServiceError, UsageError
+from .base import (
+    SERVICES, Endpoints, Runtime, ServiceStatus, loopback_endpoints, port_in_use, require_free_port, wait_until,
+)
 from .pgtools import database_args, require_tool
 
 LABEL_PROJECT = "io.coditect.ctx.project"
@@ -416,12 +418,7 @@ class DockerRuntime(Runtime):
         except docker.errors.APIError as exc:
             text = str(exc)
             if "address already in use" in text or "port is already allocated" in text:
-                setting = env_name(PORT_SETTINGS[spec.service])
-                raise PortInUseError(
-                    f"{spec.service}: port {spec.host_port} on 127.0.0.1 is already in use by another process",
-                    hint=f"Stop that process, or choose another port with {setting} (e.g. {setting}={spec.host_port + 1}).",
-                    service=spec.service,
-                ) from None
+                raise port_in_use(spec.service, spec.host_port, env_name(PORT_SETTINGS[spec.service])) from None
             raise ServiceError(
                 f"{spec.service}: Docker could not start container {container.name}: {exc.explanation or text}",
                 hint="Read the message above; `docker info` shows the engine's state.",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from coditect_ctx.ingest.discover import Source
-from coditect_ctx.ingest.readers._files import read_text
+from coditect_ctx.ingest.readers._files import broken_link, read_text
 from coditect_ctx.ingest.readers.checkpoint_md import read_checkpoint_md
 from coditect_ctx.ingest.readers.export_json import read_export_json
 from coditect_ctx.ingest.readers.messages_jsonl import read_messages_jsonl
@@ -36,15 +36,16 @@ NESTED_COPIES = ("test-dataset",)
 
 
 def _files(folder: Path, *suffixes: str) -> list[Path]:
+    """Files of the folder with these suffixes, and symlinks with them that lead nowhere (read as failures)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and (p.is_file() or broken_link(p)))
 
 
 def _known_checkpoints(mc: Path) -> set[str]:
     refs: set[str] = set()
     for folder in [mc / "checkpoints"] + [mc / n / "checkpoints" for n in NESTED_COPIES]:
-        refs.update(normalise_checkpoint_ref(p.name) for p in _files(folder, ".md"))
+        refs.update(normalise_checkpoint_ref(p.name) for p in _files(folder, ".md") if p.is_file())
     return refs
 
 
@@ -61,7 +62,7 @@ def iter_memory_context(mc: Path, root: Path, known: set[str] | None = None) -> 
         yield read_transcript(path, root, known)
     messages = mc / "messages"
     if messages.is_dir():
-        for path in sorted(p for p in messages.rglob("*.jsonl") if p.is_file()):
+        for path in sorted(p for p in messages.rglob("*.jsonl") if p.is_file() or broken_link(p)):
             yield from read_messages_jsonl(path, root)
         manifest = messages / "MANIFEST.json"
         if manifest.is_file():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -23,14 +25,33 @@ def relative(path: Path, root: Path | None) -> str:
     """Path relative to the source root (stable across machines); the file name when outside it."""
     if root is not None:
         try:
-            return path.resolve().relative_to(root.resolve()).as_posix()
+            try:
+                resolved = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # a dangling symlink or a loop: name the link itself
+                resolved = path.parent.resolve() / path.name
+            return resolved.relative_to(root.resolve()).as_posix()
         except ValueError:
             pass
     return path.name
 
 
+def broken_link(path: Path) -> str | None:
+    """Why a symlink cannot be read (a loop, a missing target), or None when it is no symlink or reads fine."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as exc:
+        kind = "symlink loop" if exc.errno == errno.ELOOP else "dangling symlink"
+        return f"{kind}: {exc.strerror} (-> {os.readlink(path)})"
+    return None
+
+
 def read_text(path: Path, root: Path | None, max_bytes: int = MAX_FILE_BYTES) -> TextFile | Skipped:
     rel = relative(path, root)
+    link_problem = broken_link(path)
+    if link_problem:
+        return Skipped(rel, link_problem, "failed")
     try:
         size = path.stat().st_size
         if size > max_bytes:

@@ -1,0 +1,180 @@
+"""ctx under faults: bad settings, unusable folders, hostile file names, crashes nobody foresaw, dead or hung
+services. Each case is tried on real processes and real services; each must end in one `Error:` line, a
+`Hint:` line and the README's exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import SAMPLES, free_port, settings_env
+
+DEMO_CORE = SAMPLES / "coditect-demo" / "submodules" / "demo-core"
+
+
+def _ctx(*args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ctx` as cron runs it: a real process, no terminal."""
+    return subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def _one_error(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """The run failed the friendly way: exit `code`, an Error and a Hint line naming `words`, no traceback."""
+    err = proc.stderr
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{err}"
+    assert "Traceback" not in err and "Traceback" not in proc.stdout, err
+    assert "Error: " in err and "Hint: " in err, err
+    for word in words:
+        assert word in err, f"{word!r} not in:\n{err}"
+    return err
+
+
+def _pids(home: Path) -> list[int]:
+    return [int(p.read_text().split()[0]) for p in (home / "run").glob("*.pid") if p.read_text().strip()]
+
+
+def _kill_all(home: Path) -> None:
+    for pid in _pids(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# -- settings are range-checked when read -----------------------------------------------------------------
+@pytest.mark.parametrize("setting, value", [("CTX_PG_PORT", "70000"), ("CTX_PG_PORT", "0"),
+                                            ("CTX_REDIS_PORT", "-5"), ("CTX_TIMEOUT", "0"),
+                                            ("CTX_CHROMA_READ_TIMEOUT", "-1"), ("CTX_TIMEOUT", "nan")])
+def test_out_of_range_setting_is_refused_before_anything_starts(tmp_path, setting, value):
+    home = tmp_path / "home"
+    env = {"CTX_HOME": str(home), "CTX_RUNTIME": "local", "CTX_PG_PORT": str(free_port()),
+           "CTX_CHROMA_PORT": str(free_port()), "CTX_REDIS_PORT": str(free_port()), setting: value}
+    try:
+        proc = _ctx("setup", env=env, timeout=300)
+        _one_error(proc, 2, setting, value)
+        assert not _pids(home), "a service was started with a setting that cannot work"
+    finally:
+        _kill_all(home)
+
+
+def test_zero_timeout_is_a_config_error_not_critical_services(stack):
+    proc = _ctx("health", env={**settings_env(stack), "CTX_TIMEOUT": "0"})
+    err = _one_error(proc, 2, "CTX_TIMEOUT")
+    assert "CRITICAL" not in proc.stdout + err
+
+
+# -- CTX_HOME that cannot be written --------------------------------------------------------------------
+def test_home_that_is_a_file_is_named(tmp_path):
+    home = tmp_path / "not-a-folder"
+    home.write_text("x")
+    proc = _ctx("setup", env={"CTX_HOME": str(home), "CTX_RUNTIME": "local"})
+    _one_error(proc, 2, str(home), "not a folder")
+
+
+def test_immutable_home_is_named(tmp_path):
+    """chattr +i: even root cannot create a file in it (as a read-only mount would do)."""
+    home = tmp_path / "frozen"
+    home.mkdir()
+    if subprocess.run(["chattr", "+i", str(home)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        proc = _ctx("setup", env={"CTX_HOME": str(home), "CTX_RUNTIME": "local", "CTX_PG_PORT": str(free_port()),
+                                  "CTX_CHROMA_PORT": str(free_port()), "CTX_REDIS_PORT": str(free_port())})
+        _one_error(proc, 2, str(home), "not writable")
+        assert list(home.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(home)], check=True)
+
+
+# -- the port-in-use hint ---------------------------------------------------------------------------------
+def test_port_in_use_hint_names_a_free_port(tmp_path):
+    """The two ports above the taken one are taken too: the hint must skip them and name one that binds."""
+    from coditect_ctx.runtime.base import port_is_free
+
+    held = []
+    base = free_port()
+    try:
+        for port in (base, base + 1, base + 2):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                pytest.skip(f"port {port} is not free for the test")
+            s.listen()
+            held.append(s)
+        home = tmp_path / "home"
+        proc = _ctx("setup", env={"CTX_HOME": str(home), "CTX_RUNTIME": "local", "CTX_PG_PORT": str(base),
+                                  "CTX_CHROMA_PORT": str(free_port()), "CTX_REDIS_PORT": str(free_port())})
+        err = _one_error(proc, 3, f"port {base}", "CTX_PG_PORT=")
+        suggested = int(err.split("CTX_PG_PORT=")[1].split()[0].rstrip(",)."))
+        assert suggested not in (base, base + 1, base + 2)
+        assert port_is_free(suggested)
+    finally:
+        for s in held:
+            s.close()
+        _kill_all(tmp_path / "home")
+
+
+# -- health never crashes: UNKNOWN --------------------------------------------------------------------------
+def test_health_that_cannot_finish_is_unknown_not_warning(stack, tmp_path):
+    """An unforeseen failure (here: --output into a folder that does not exist) is UNKNOWN (3), never 1 (WARNING)."""
+    target = tmp_path / "no-such-folder" / "ctx.prom"
+    proc = _ctx("health", "--format", "prometheus", "--output", str(target), env=settings_env(stack))
+    _one_error(proc, 3, str(target.parent))
+
+
+def test_health_reads_a_hostile_backup_manifest(stack, tmp_path):
+    """A manifest that is JSON but not an object is no backup; health carries on (it used to crash)."""
+    dest = tmp_path / "backups"
+    (dest / "20260101T000000Z").mkdir(parents=True)
+    (dest / "20260101T000000Z" / "manifest.json").write_text("[]")
+    proc = _ctx("health", "--json", env={**settings_env(stack), "CTX_BACKUP_DIR": str(dest)})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads(proc.stdout)
+    assert proc.returncode == report["exit_code"] == 0, proc.stdout
+    assert "backup" not in {c["name"] for c in report["checks"]}
+
+
+# -- hostile files and names --------------------------------------------------------------------------------
+FORGED = "2025-01-05-x\n\x1b[31mok: all files imported\x1b[0m.md"
+
+
+def _hostile_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "hostile-repo"
+    shutil.copytree(DEMO_CORE, repo)
+    sessions = repo / "MEMORY-CONTEXT" / "sessions"
+    (sessions / "2025-01-01-loop.md").symlink_to("2025-01-01-loop.md")
+    (sessions / "2025-01-02-dangling.md").symlink_to("/nonexistent/elsewhere.md")
+    (sessions / FORGED).write_bytes(b"")  # empty: reported as failed, under its hostile name
+    return repo
+
+
+def test_symlink_loops_dangling_links_and_forged_names_are_reported_escaped(fresh_stack, tmp_path):
+    repo = _hostile_repo(tmp_path)
+    env = settings_env(fresh_stack)
+    proc = _ctx("migrate", str(repo), env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("failed:")]
+    assert any("2025-01-01-loop.md" in line and "symlink loop" in line for line in failed), proc.stderr
+    assert any("2025-01-02-dangling.md" in line and "dangling symlink" in line for line in failed), proc.stderr
+    assert any("2025-01-05-x\\n\\x1b[31mok: all files imported\\x1b[0m.md" in line for line in failed), proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "\x1b" not in out
+    assert not any(line.startswith("ok: all files imported") for line in out.splitlines())
+
+    as_json = json.loads(_ctx("migrate", str(repo), "--json", env=env).stdout)
+    reasons = {f["file"].rsplit("/", 1)[-1]: f["reason"] for per in as_json["sources"].values()
+               for s in per.values() for f in s["failures"]}
+    assert reasons[FORGED] == "empty file"
+    assert reasons["2025-01-01-loop.md"].startswith("symlink loop")
+    assert reasons["2025-01-02-dangling.md"].startswith("dangling symlink")
