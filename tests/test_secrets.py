@@ -201,3 +201,35 @@ def test_env_file_round_trips_every_character(tmp_path, monkeypatch):
     again = load_settings(home=str(home))
     assert (again.pg_password, again.redis_password, again.chroma_token, again.pg_url) == tuple(TRICKY.values())
     assert sorted(p.name for p in home.iterdir()) == [".env"]  # no temporary file left
+
+
+# -- rotating the secrets of a stopped store -----------------------------------------------------------------
+def test_rotating_secrets_of_a_stopped_store_is_editing_env_then_setup(fresh_stack, tmp_path):
+    from coditect_ctx import stack as stack_job
+    from coditect_ctx.config import _write_env_file, pg_url_for
+    from coditect_ctx.runtime import probes
+    from coditect_ctx.runtime.base import loopback_endpoints
+    from coditect_ctx.stores import Store
+
+    from .conftest import settings_env
+
+    old = fresh_stack
+    with Store(old) as store:
+        store.pg().execute("CREATE TABLE rotation_probe (x int)").connection.commit()
+    stack_job.down(old)
+    new_pg, new_redis = "new-pg-'$x${X}\\ #=", "new-redis-'$x #="
+    _write_env_file(old.env_file, {"CTX_PG_PASSWORD": new_pg, "CTX_REDIS_PASSWORD": new_redis})
+    proc = subprocess.run([sys.executable, "-m", "coditect_ctx", "setup"], env={**os.environ, **settings_env(old)},
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _secrets_in(proc.stdout + proc.stderr, [new_pg, new_redis, old.pg_password, old.redis_password]) == []
+
+    new = load_settings(home=str(old.home), runtime="local", pg_port=old.pg_port, chroma_port=old.chroma_port,
+                        redis_port=old.redis_port)
+    assert (new.pg_password, new.redis_password) == (new_pg, new_redis)
+    url = lambda password: pg_url_for(old.pg_user, password, "127.0.0.1", old.pg_port, old.pg_db)  # noqa: E731
+    assert probes.pg_ready(url(new_pg)) and not probes.pg_ready(url(old.pg_password))
+    assert probes.redis_ready(loopback_endpoints(new).redis_url)
+    assert not probes.redis_ready(loopback_endpoints(old).redis_url)
+    with Store(new) as store:  # the data is still there
+        assert store.pg().execute("SELECT count(*) FROM rotation_probe").fetchone()[0] == 0

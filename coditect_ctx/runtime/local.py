@@ -242,7 +242,8 @@ class LocalRuntime(Runtime):
             return False
         require_free_port("postgres", self.settings.pg_port, "CTX_PG_PORT")
         self._prepare_pg_dirs()
-        if not (self.pg_data / "PG_VERSION").exists():
+        existed = (self.pg_data / "PG_VERSION").exists()
+        if not existed:
             report("postgres: creating the cluster (initdb)")
             self._initdb()
         self._write_pg_conf()
@@ -252,9 +253,32 @@ class LocalRuntime(Runtime):
             entry = pwd.getpwnam(PG_SYSTEM_USER)
             os.chown(log, entry.pw_uid, entry.pw_gid)
         self._clear_dead_postmaster(report)
+        if existed:
+            self._set_pg_password()
         self._pg_ctl(["start", "-W", "-l", str(log)])
         report("postgres: started")
         return True
+
+    def _set_pg_password(self) -> None:
+        """Give the stopped cluster's role the password of the settings (single-user mode, no network, the
+        password on stdin): CTX_PG_PASSWORD in .env is the one truth, so rotating it is editing .env while the
+        store is stopped, then `ctx setup`."""
+        s = self.settings
+        role = '"' + s.pg_user.replace('"', '""') + '"'
+        literal = "'" + s.pg_password.replace("'", "''") + "'"  # standard_conforming_strings: only ' is special
+        proc = subprocess.run(
+            [str(self.pg_bin / "postgres"), "--single", "-j", "-D", str(self.pg_data), "postgres"],
+            input=f"ALTER ROLE {role} PASSWORD {literal};\n\n", capture_output=True, text=True, env=tool_env(),
+            timeout=self.settings.start_timeout, **self._as_pg_user(),
+        )
+        messages = (proc.stderr + proc.stdout).replace(literal, "'***'").replace(s.pg_password, "***")
+        if proc.returncode != 0 or "ERROR:" in messages or "FATAL:" in messages:
+            raise ServiceError(
+                f"postgres: cannot set the password of role {s.pg_user} in {self.pg_data}: "
+                + " | ".join(line.strip() for line in messages.splitlines() if "ERROR" in line or "FATAL" in line)[-800:],
+                hint="Is CTX_PG_USER the role the cluster was created with? `ctx status` shows what runs.",
+                service="postgres",
+            )
 
     def _wait_postgres(self, timeout: float) -> None:
         url = pg_url_for(self.settings.pg_user, self.settings.pg_password, "127.0.0.1", self.settings.pg_port, "postgres")
@@ -377,13 +401,26 @@ class LocalRuntime(Runtime):
             fh.write(
                 "bind 127.0.0.1\nprotected-mode yes\n"
                 f"port {self.settings.redis_port}\n"
-                f"requirepass {self.settings.redis_password}\n"
-                f'dir "{self.redis_dir}"\n'
+                f"requirepass {redis_quote(self.settings.redis_password)}\n"
+                f"dir {redis_quote(str(self.redis_dir))}\n"
                 "daemonize no\nset-proc-title no\nsave 300 1\nappendonly no\nmaxmemory 256mb\nmaxmemory-policy allkeys-lru\n"
             )
         procs.spawn([str(binary), str(conf)], pid_file, self.log_path("redis"), cwd=self.redis_dir)
         report("redis: started")
         return True
+
+
+def redis_quote(value: str) -> str:
+    """A redis.conf argument that reads back as `value` whatever it holds (quotes, spaces, #, backslashes)."""
+    out = []
+    for ch in value:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
