@@ -70,6 +70,7 @@ class Settings:
     disk_crit_percent: float = 97.0
     timeout: float = 3.0  # seconds to connect to a service; also each health check and status probe's whole budget
     start_timeout: float = 60.0  # how long setup waits for a service to answer
+    embed_max_chunks: int = 256  # vectors per record at most: its first chunks (the whole text is still stored)
 
     def __repr__(self) -> str:
         return masked_repr(self)
@@ -178,7 +179,7 @@ def load_settings(**flags: Any) -> Settings:
 
 
 PORTS = ("pg_port", "chroma_port", "redis_port")
-POSITIVE = ("timeout", "chroma_read_timeout", "start_timeout", "backup_max_age_hours")
+POSITIVE = ("timeout", "chroma_read_timeout", "start_timeout", "backup_max_age_hours", "embed_max_chunks")
 PERCENTS = ("disk_warn_percent", "disk_crit_percent")
 
 

@@ -353,6 +353,11 @@ def _counting_tokenizer() -> "Tokenizer":
     return tokenizer
 
 
+# Chunking reads at most this many characters per chunk wanted: with a cap on chunks, an absurd record (one 20 MB
+# line) is tokenised by its head only. English averages ~4-5 characters a token; 16 leaves room for long tokens.
+CHARS_PER_TOKEN_READ = 16
+
+
 def chunk_text(text: str, max_tokens: int = MAX_SEQ_LENGTH, overlap: int = 32) -> list[str]:
     """Split a long record into pieces that each fit the model's window.
 
@@ -388,6 +393,16 @@ def chunk_text(text: str, max_tokens: int = MAX_SEQ_LENGTH, overlap: int = 32) -
     pieces = _split_range(0, len(offsets), levels, budget)
     spans = _pack(pieces, budget, overlap, word_starts)
     return [text[offsets[a][0] : offsets[b - 1][1]] for a, b in spans]
+
+
+def chunk_head(text: str, max_chunks: int, max_tokens: int = MAX_SEQ_LENGTH, overlap: int = 32) -> tuple[list[str], bool]:
+    """The first `max_chunks` chunks of `text` and whether text was left out (capped). Only the head is read
+    (`max_chunks * max_tokens * CHARS_PER_TOKEN_READ` characters), so time and memory stay bounded whatever the
+    text's length: one 20 MB line costs what a 1 MB text does."""
+    cap = max(1, max_chunks)
+    head = text[: cap * max_tokens * CHARS_PER_TOKEN_READ]
+    pieces = chunk_text(head, max_tokens, overlap) if head.strip() else []
+    return pieces[:cap], len(pieces) > cap or len(head) < len(text)
 
 
 def _split_range(a: int, b: int, levels: list[list[int]], budget: int) -> list[tuple[int, int]]:

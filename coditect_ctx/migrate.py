@@ -79,6 +79,8 @@ class MigrateReport:
     redactions: Counter = field(default_factory=Counter)
     embedded_records: int = 0
     embedded_vectors: int = 0
+    embed_capped: int = 0  # records past Settings.embed_max_chunks chunks: their first chunks only
+    embed_max_chunks: int = 0
     not_embedded: int = 0
     embed_error: str | None = None
     data_generation: int | None = None
@@ -110,6 +112,7 @@ class MigrateReport:
             "sources": {src: {k: s.as_dict() for k, s in per.items()} for src, per in self.sources.items()},
             "totals": self.totals(), "redacted_records": self.redacted_records, "redactions": dict(self.redactions),
             "embedded_records": self.embedded_records, "embedded_vectors": self.embedded_vectors,
+            "embed_capped": self.embed_capped, "embed_max_chunks": self.embed_max_chunks,
             "not_embedded": self.not_embedded, "embed_error": self.embed_error,
             "data_generation": self.data_generation, "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
@@ -571,7 +574,7 @@ def run_migrate(
     on_progress: Progress | None = None,
     embed: bool = True,
 ) -> MigrateReport:
-    report = MigrateReport(dry_run=dry_run)
+    report = MigrateReport(dry_run=dry_run, embed_max_chunks=settings.embed_max_chunks)
     t0 = time.monotonic()
     batch = read_sources(paths, submodule, report, on_progress)
     audits = redact_batch(batch, report)
@@ -600,6 +603,7 @@ def run_migrate(
         try:
             result = embed_pending(store, on_progress)
             report.embedded_records, report.embedded_vectors = result.records, result.vectors
+            report.embed_capped = result.capped
             if result.records:
                 with store.pg() as conn:
                     report.data_generation = pg.bump_generation(conn)

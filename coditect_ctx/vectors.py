@@ -9,7 +9,9 @@ the same thing and a vector can always be rebuilt from PostgreSQL alone.
 
 Chunking: the model reads 256 tokens; longer texts are cut by embed.chunk_text on paragraph, then sentence
 boundaries, with a small overlap, and every chunk gets its own vector (`<row id>:<chunk no>`), so nothing past
-the first window is lost to semantic search. One exception (`Kind.first_window_only`): a tool result (command
+the first window is lost to semantic search, up to `Settings.embed_max_chunks` (CTX_EMBED_MAX_CHUNKS, 256) per
+row: past that, only full-text search sees the text, so one absurd record (a 20 MB line) costs no more than a
+long one, in one batch (BATCH_CHUNKS > the cap: a record's vectors are written and marked together). One exception (`Kind.first_window_only`): a tool result (command
 output, file dumps) embeds only its first window: its bulk is output that full-text search finds better, and it
 would dominate the cost.
 
@@ -44,13 +46,15 @@ def _pending_sql(kind: Kind, extra: str = "") -> str:
         ORDER BY t.id"""
 
 
-def chunks_for(text: str, first_window_only: bool = False) -> list[str]:
-    from .embed import chunk_text
+def chunks_for(text: str, first_window_only: bool, max_chunks: int) -> tuple[list[str], bool]:
+    """The chunks a row embeds: its first window only, or its first `max_chunks` (Settings.embed_max_chunks);
+    and whether the cap left text out (a tool result's first window is by design, not counted)."""
+    from .embed import chunk_head
 
     if not text.strip():
-        return []
-    pieces = chunk_text(text)
-    return pieces[:1] if first_window_only else pieces
+        return [], False
+    pieces, capped = chunk_head(text, 1 if first_window_only else max_chunks)
+    return pieces, capped and not first_window_only
 
 
 @dataclass
@@ -59,14 +63,17 @@ class EmbedResult:
     vectors: int = 0
     per_kind: dict[str, int] = field(default_factory=dict)
     texts_chars: int = 0
+    capped: int = 0  # rows with more text than Settings.embed_max_chunks chunks: only their first chunks embedded
 
 
-def _batches(kind: str, rows: list, result: EmbedResult):
+def _batches(kind: str, rows: list, result: EmbedResult, max_chunks: int):
     """Rows grouped so each group holds about BATCH_CHUNKS chunks, with their ids, texts, metadata and counts."""
     batch, ids, docs, metas, counts = [], [], [], [], {}
     for row in rows:
         rid, title, summary, content, sha, submodule, ts, privacy, _old, first_only, tags = row
-        pieces = chunks_for(KINDS[kind].embed_text(title or "", summary or "", content or ""), bool(first_only))
+        pieces, capped = chunks_for(KINDS[kind].embed_text(title or "", summary or "", content or ""), bool(first_only),
+                                    max_chunks)
+        result.capped += capped
         counts[rid] = len(pieces)
         for n, piece in enumerate(pieces):
             ids.append(vector_id(rid, n))
@@ -136,7 +143,7 @@ def embed_pending(
             # The model is the bottleneck: while it embeds batch N+1, one writer thread stores batch N.
             with ThreadPoolExecutor(max_workers=1) as writer:
                 in_flight = None
-                for batch, ids, docs, metas, counts in _batches(kind, rows, result):
+                for batch, ids, docs, metas, counts in _batches(kind, rows, result, store.settings.embed_max_chunks):
                     vectors = embed_documents(docs, models) if docs else []
                     if in_flight is not None:
                         done += in_flight.result()

@@ -68,6 +68,9 @@ def _render(report) -> None:
     if not report.dry_run:
         out.print(f"embedded: {report.embedded_records} records, {report.embedded_vectors} vectors; "
                   f"not embedded: {report.not_embedded}", markup=False)
+        if report.embed_capped:
+            out.print(f"capped: {report.embed_capped} records longer than {report.embed_max_chunks} chunks embedded "
+                      "their first chunks only (CTX_EMBED_MAX_CHUNKS); the whole text is stored", markup=False)
     if report.embed_error:
         output.note(output.printable(f"warning: {report.embed_error}"))
 
