@@ -179,7 +179,7 @@ def load_settings(**flags: Any) -> Settings:
 
 
 PORTS = ("pg_port", "chroma_port", "redis_port")
-POSITIVE = ("timeout", "chroma_read_timeout", "start_timeout", "backup_max_age_hours", "embed_max_chunks")
+POSITIVE = ("timeout", "chroma_read_timeout", "start_timeout", "pg_tool_timeout", "backup_max_age_hours", "embed_max_chunks")
 PERCENTS = ("disk_warn_percent", "disk_crit_percent")
 
 
