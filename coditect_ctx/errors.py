@@ -63,6 +63,19 @@ class Terminated(KeyboardInterrupt):
     ended, a partial backup removed); the CLI exits 143."""
 
 
+class StoreBusyError(CtxError):
+    """Another command holds the store's writer lock (EX_TEMPFAIL: cron's "try again later")."""
+
+    exit_code = 75
+
+    def __init__(self, message: str, hint: str | None = None, holder: dict | None = None):
+        super().__init__(message, hint=hint, service="postgres")
+        self.holder = holder or {}
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "holder": self.holder}
+
+
 class InternalError(CtxError):
     """An exception ctx did not expect: a bug. EX_SOFTWARE, so cron never reads it as a partial success."""
 

@@ -35,6 +35,13 @@ class Store:
 
         return connect(self.pg_url, timeout or self.settings.timeout + 2, autocommit=autocommit)
 
+    def writer_lock(self, command: str, wait: float = 0.0, report=None, if_reachable: bool = False):
+        """The store-wide writer lock (stores/lock.py), held by every command that changes data."""
+        from .lock import writer_lock
+
+        return writer_lock(self.pg_url, command, wait=wait, timeout=self.settings.timeout + 2, report=report,
+                           if_reachable=if_reachable)
+
     @cached_property
     def chroma(self) -> Chroma:
         return self.open_chroma()
