@@ -11,9 +11,10 @@ import os
 import re
 import secrets
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigError
@@ -202,23 +203,59 @@ def _check_ranges(settings: Settings) -> None:
                               hint="Give a number above 0 and at most 100.")
 
 
+_home_locks: dict[Path, list] = {}  # home -> [open lock file, depth]: re-entrant within one process
+
+
+@contextmanager
+def home_lock(home: Path, report: Callable[[str], None] | None = None) -> Iterator[None]:
+    """An exclusive lock on $CTX_HOME (flock on the folder itself: no lock file to leave behind) while setup
+    writes secrets and starts services: racing first setups generate one set of secrets and start one set of
+    services. The kernel drops it when the holder exits, however it exits."""
+    import fcntl
+
+    home = Path(home)
+    held = _home_locks.get(home)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if report:
+                report(f"waiting for another `ctx setup` of {home} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _home_locks[home] = [fd, 1]
+        try:
+            yield
+        finally:
+            del _home_locks[home]
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def ensure_secrets(settings: Settings) -> Settings:
     """Generate missing passwords/tokens into $CTX_HOME/.env (0600) and return settings that carry them.
 
     Existing values are kept, so re-running setup never rotates a password under a running service.
     """
-    settings.home.mkdir(parents=True, exist_ok=True)
-    current = _read_env_file(settings.env_file)
-    wanted = {
-        "CTX_PG_PASSWORD": settings.pg_password,
-        "CTX_REDIS_PASSWORD": settings.redis_password,
-        "CTX_CHROMA_TOKEN": settings.chroma_token,
-    }
-    added = {k: secrets.token_urlsafe(32) for k, v in wanted.items() if not v and not current.get(k)}
-    if added or (settings.env_file.exists() and (settings.env_file.stat().st_mode & 0o077)):
+    with home_lock(settings.home):  # read, generate and write as one step: two racing setups agree
+        current = _read_env_file(settings.env_file)
+        wanted = {
+            "CTX_PG_PASSWORD": settings.pg_password,
+            "CTX_REDIS_PASSWORD": settings.redis_password,
+            "CTX_CHROMA_TOKEN": settings.chroma_token,
+        }
+        added = {k: secrets.token_urlsafe(32) for k, v in wanted.items() if not v and not current.get(k)}
         merged = {**current, **added}
-        _write_env_file(settings.env_file, merged)
-    merged = {**current, **added}
+        if added or (settings.env_file.exists() and (settings.env_file.stat().st_mode & 0o077)):
+            _write_env_file(settings.env_file, merged)
     return replace(
         settings,
         pg_password=settings.pg_password or merged["CTX_PG_PASSWORD"],

@@ -573,7 +573,16 @@ def run_migrate(
     dry_run: bool = False,
     on_progress: Progress | None = None,
     embed: bool = True,
+    wait: float = 0.0,
+    report_note: Callable[[str], None] | None = None,
 ) -> MigrateReport:
+    """The whole run (read, write, embed) holds the store's writer lock: a second writer exits 75 or waits."""
+    with Store(settings).writer_lock("migrate", wait=wait, report=report_note):
+        return _migrate(settings, paths, submodule, dry_run, on_progress, embed)
+
+
+def _migrate(settings: Settings, paths: list[Path], submodule: str | None, dry_run: bool,
+             on_progress: Progress | None, embed: bool) -> MigrateReport:
     report = MigrateReport(dry_run=dry_run, embed_max_chunks=settings.embed_max_chunks)
     t0 = time.monotonic()
     batch = read_sources(paths, submodule, report, on_progress)
@@ -584,8 +593,6 @@ def run_migrate(
         t1 = time.monotonic()
         with store.pg() as conn:
             with conn.transaction():
-                # one migrate at a time; a second waits rather than interleaving its upserts
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('ctx migrate'))")
                 changed = write_batch(conn, batch, audits, report)
                 if changed and not dry_run:
                     report.data_generation = pg.bump_generation(conn)

@@ -75,14 +75,18 @@ def target_holds_data(store: Store) -> list[str]:
 
 
 def restore_backup(
-    settings: Settings, ref: str | Path, yes: bool = False, report: Report = _quiet, progress: Progress = _no_progress
+    settings: Settings, ref: str | Path, yes: bool = False, report: Report = _quiet, progress: Progress = _no_progress,
+    wait: float = 0.0,
 ) -> RestoreResult:
-    """Replace the store's PostgreSQL data and Chroma collections with a backup's, then check the result."""
+    """Replace the store's PostgreSQL data and Chroma collections with a backup's, then check the result.
+
+    Everything from the first look at the target to the final check holds the store's writer lock (an advisory
+    lock: `pg_restore --clean` recreating the tables leaves it held)."""
     start = time.monotonic()
     folder = resolve_backup(settings, ref)
     manifest = check_restorable(folder, progress)
     result = RestoreResult(backup=str(folder))
-    with Store(settings) as store:
+    with Store(settings) as store, store.writer_lock("restore", wait=wait, report=report):
         held = target_holds_data(store)
         generation_before = _generation(store)
         if held and not yes:
@@ -105,11 +109,11 @@ def restore_backup(
             problems = compare_with_manifest(conn, store.chroma, manifest, prefix="")
             result.rows = pg.table_counts(conn)
         result.vectors = {name: store.chroma.count(name) for name in COLLECTIONS.values()}
-    if problems:
-        raise DataError("The restored store does not match the backup: " + "; ".join(problems),
-                        hint="Run `ctx backup verify` on the backup; restore another one if it fails.")
-    result.checks.append("counts match the manifest")
-    result.checks += run_validate_hook(settings)
+        if problems:
+            raise DataError("The restored store does not match the backup: " + "; ".join(problems),
+                            hint="Run `ctx backup verify` on the backup; restore another one if it fails.")
+        result.checks.append("counts match the manifest")
+        result.checks += run_validate_hook(settings)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 

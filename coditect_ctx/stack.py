@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from .config import Settings, ensure_secrets
+from .config import Settings, ensure_secrets, home_lock
 from .errors import ConfigError, CtxError, ServiceError
 from .runtime import get_runtime, record_runtime, resolve_runtime_name
 from .stores import Store
@@ -30,29 +30,35 @@ class SetupResult:
         return asdict(self)
 
 
-def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: bool = True) -> SetupResult:
-    """Start what is not running, wait for it, apply the schema, create collections. Idempotent."""
+def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: bool = True,
+          wait: float = 0.0) -> SetupResult:
+    """Start what is not running, wait for it, apply the schema, create collections. Idempotent.
+
+    Racing setups of one CTX_HOME take turns (flock on the folder, held until the store is ready): one set of
+    secrets, one start. The schema and collections step holds the store's writer lock (exit 75 while another
+    command, say a migrate, changes the store)."""
     check_home_writable(settings)
-    name = resolve_runtime_name(settings, report=report)
-    if name != "external":  # external: the operator's URLs carry every password; nothing generated may override them
-        settings = ensure_secrets(settings)
-    runtime = get_runtime(replace(settings, runtime=name))
-    report(f"runtime: {name}")
-    runtime.start(report)
-    record_runtime(settings, name)
-    result = SetupResult(runtime=name)
-    with Store(settings, runtime) as store:
-        result.schema_applied = pg.migrate_schema(store.pg_url)
-        for applied in result.schema_applied:
-            report(f"schema: applied {applied}")
-        with store.pg() as conn:
-            result.schema_version = pg.schema_version(conn)
-        result.collections_created = ensure_collections(store.chroma)
-        for created in result.collections_created:
-            report(f"chroma: created collection {created}")
-        if store.endpoints.redis_url is None:
-            result.cache = f"disabled ({store.endpoints.redis_note})"
-            report(f"redis: {result.cache}; search works without it, only slower")
+    with home_lock(settings.home, report):
+        name = resolve_runtime_name(settings, report=report)
+        if name != "external":  # external: the operator's URLs carry every password; nothing generated may override them
+            settings = ensure_secrets(settings)
+        runtime = get_runtime(replace(settings, runtime=name))
+        report(f"runtime: {name}")
+        runtime.start(report)
+        record_runtime(settings, name)
+        result = SetupResult(runtime=name)
+        with Store(settings, runtime) as store, store.writer_lock("setup", wait=wait, report=report):
+            result.schema_applied = pg.migrate_schema(store.pg_url)
+            for applied in result.schema_applied:
+                report(f"schema: applied {applied}")
+            with store.pg() as conn:
+                result.schema_version = pg.schema_version(conn)
+            result.collections_created = ensure_collections(store.chroma)
+            for created in result.collections_created:
+                report(f"chroma: created collection {created}")
+            if store.endpoints.redis_url is None:
+                result.cache = f"disabled ({store.endpoints.redis_note})"
+                report(f"redis: {result.cache}; search works without it, only slower")
     if prepare_model:
         result.model = _prepare_query_model(settings, report)
     result.changed = bool(result.schema_applied or result.collections_created)
@@ -86,9 +92,15 @@ def _prepare_query_model(settings: Settings, report: Report) -> str:
     return str(path)
 
 
-def down(settings: Settings, volumes: bool = False, report: Report = lambda msg: None) -> str:
+def down(settings: Settings, volumes: bool = False, report: Report = lambda msg: None, wait: float = 0.0) -> str:
+    """Stop the services; with `volumes` (and a runtime that deletes: not external), under the writer lock. A
+    PostgreSQL that does not answer holds no lock: then the data goes without asking it."""
     runtime = get_runtime(settings, probe=False)
-    runtime.stop(volumes=volumes, report=report)
+    if volumes and runtime.name != "external":
+        with Store(settings, runtime).writer_lock("down --volumes", wait=wait, report=report, if_reachable=True):
+            runtime.stop(volumes=True, report=report)
+    else:
+        runtime.stop(volumes=volumes, report=report)
     return runtime.name
 
 

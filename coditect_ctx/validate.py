@@ -20,6 +20,7 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import Settings
 from .errors import ServiceError
@@ -100,7 +101,22 @@ def _file_expectations(conn, report: ValidateReport) -> dict[tuple[str, str], di
     return expected_hashes(sources)
 
 
-def run_validate(settings: Settings, repair: bool = False, files: bool = True) -> ValidateReport:
+def run_validate(settings: Settings, repair: bool = False, files: bool = True, wait: float = 0.0,
+                 report_note: Callable[[str], None] | None = None) -> ValidateReport:
+    """Check; with `repair`, mend and check again, all under the store's writer lock (a repair reads PostgreSQL
+    before Chroma: a migrate in between would make the vectors it just wrote look like orphans)."""
+    if not repair:
+        return _check(settings, False, files)
+    with Store(settings).writer_lock("validate --repair", wait=wait, report=report_note):
+        repaired = _check(settings, True, files)
+        if repaired.ok:
+            return repaired
+        after = _check(settings, False, files)  # the verdict is the state now, with the list of what was done
+        after.repaired, after.unrepairable = repaired.repaired, repaired.unrepairable
+        return after
+
+
+def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
     report = ValidateReport(files_checked=files)
     store = Store(settings)
     try:

@@ -10,7 +10,7 @@ from typing import Annotated, Iterator
 import typer
 
 from .. import output
-from .common import JsonOpt, YesOpt, complete, completion_settings, settings
+from .common import JsonOpt, WaitOpt, YesOpt, complete, completion_settings, settings
 
 DestOpt = Annotated[
     Path | None,
@@ -169,14 +169,18 @@ def restore(
     backup: BackupArg,
     yes: YesOpt = False,
     dest: DestOpt = None,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replace the store's data with a backup's (checksums and schema checked first), then validate it."""
+    """Replace the store's data with a backup's (checksums and schema checked first), then validate it.
+
+    Exit 75 when another command is changing the store (see --wait)."""
     from ..restore import restore_backup
 
     def body() -> int:
         with _progress(json_out) as progress:
-            result = restore_backup(_settings(ctx, dest), backup, yes=yes, report=_note(json_out), progress=progress)
+            result = restore_backup(_settings(ctx, dest), backup, yes=yes, report=_note(json_out), progress=progress,
+                                    wait=wait)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:

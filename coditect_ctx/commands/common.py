@@ -10,6 +10,11 @@ from ..config import Settings, load_settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (for destructive steps).")]
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", metavar="SECONDS", min=0,
+                 help="When another command is changing the store, wait up to SECONDS for it (default: exit 75 at once)."),
+]
 RuntimeOpt = Annotated[
     str | None,
     typer.Option("--runtime", help="Where services run: auto, local, docker or external (default: what setup chose).",

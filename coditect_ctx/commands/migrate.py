@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import output
-from .common import JsonOpt, settings
+from .common import JsonOpt, WaitOpt, settings
 
 
 def register(app: typer.Typer) -> None:
@@ -21,11 +21,13 @@ def migrate(
     paths: Annotated[list[Path], typer.Argument(help="MEMORY-CONTEXT folders, or repo roots whose MEMORY-CONTEXT folders (own and submodules') are found.")],
     submodule: Annotated[str | None, typer.Option("--submodule", help="Name for a single MEMORY-CONTEXT source, or the one submodule of a repo to migrate.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read, redact and compare with the store; write nothing.")] = False,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Bring MEMORY-CONTEXT records into the store: deduplicated, redacted, embedded. Safe to re-run.
 
-    Exit 1 when a file could not be read or embeddings could not be written (the rest is done)."""
+    Exit 1 when a file could not be read or embeddings could not be written (the rest is done); 75 when another
+    command is changing the store (see --wait)."""
     from ..migrate import run_migrate
 
     def body() -> int:
@@ -38,7 +40,8 @@ def migrate(
                     tasks[phase] = bar.add_task(label, total=total)
                 bar.update(tasks[phase], completed=done, total=total)
 
-            report = run_migrate(settings(ctx), paths, submodule=submodule, dry_run=dry_run, on_progress=on_progress)
+            report = run_migrate(settings(ctx), paths, submodule=submodule, dry_run=dry_run, on_progress=on_progress,
+                                 wait=wait, report_note=None if json_out else output.note)
         if json_out:
             output.emit_json(report.as_dict())
         else:
@@ -79,15 +82,17 @@ def validate(
     ctx: typer.Context,
     repair: Annotated[bool, typer.Option("--repair", help="Re-embed, delete orphan vectors and re-link what PostgreSQL can mend.")] = False,
     files: Annotated[bool, typer.Option("--files/--no-files", help="Also compare with the source files (default) or only PostgreSQL with Chroma.")] = True,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prove the files, PostgreSQL and Chroma agree. Exit 0 only when they all do (5 otherwise)."""
+    """Prove the files, PostgreSQL and Chroma agree. Exit 0 only when they all do (5 otherwise).
+
+    --repair changes the store: it holds the writer lock (exit 75 when another command is changing the store)."""
     from ..validate import run_validate
 
     def body() -> int:
-        report = run_validate(settings(ctx), repair=repair, files=files)
-        if repair and not report.ok:
-            report = _recheck(ctx, report, files)
+        report = run_validate(settings(ctx), repair=repair, files=files, wait=wait,
+                              report_note=None if json_out else output.note)
         if json_out:
             output.emit_json(report.as_dict())
         else:
@@ -95,15 +100,6 @@ def validate(
         return report.exit_code
 
     output.run(body, json_out)
-
-
-def _recheck(ctx, repaired, files):
-    """After a repair, the verdict is the state now, with the list of what was done."""
-    from ..validate import run_validate
-
-    after = run_validate(settings(ctx), repair=False, files=files)
-    after.repaired, after.unrepairable = repaired.repaired, repaired.unrepairable
-    return after
 
 
 def _render_validate(report) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import output
-from .common import JsonOpt, RuntimeOpt, YesOpt, complete, settings
+from .common import JsonOpt, RuntimeOpt, WaitOpt, YesOpt, complete, settings
 
 
 def register(app: typer.Typer) -> None:
@@ -29,15 +29,18 @@ def setup(
     chroma_url: Annotated[str | None, typer.Option(help="External runtime: Chroma URL (CTX_CHROMA_URL).")] = None,
     redis_url: Annotated[str | None, typer.Option(
         help="External runtime: redis:// or rediss:// URL, or 'none' for no cache (CTX_REDIS_URL).")] = None,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Start the store (what is not running), apply the schema, create collections. Safe to re-run."""
+    """Start the store (what is not running), apply the schema, create collections. Safe to re-run.
+
+    Exit 75 when another command is changing the store (see --wait)."""
     from ..stack import setup as do_setup
 
     def body() -> int:
         s = settings(ctx, runtime=runtime, pg_port=pg_port, chroma_port=chroma_port, redis_port=redis_port,
                      pg_url=pg_url, chroma_url=chroma_url, redis_url=redis_url)
-        result = do_setup(s, report=output.note)
+        result = do_setup(s, report=output.note, wait=wait)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:
@@ -106,9 +109,10 @@ def down(
     ctx: typer.Context,
     volumes: Annotated[bool, typer.Option("--volumes", help="Also DELETE all data (database, embeddings, cache).")] = False,
     yes: YesOpt = False,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Stop the services and keep the data (unless --volumes)."""
+    """Stop the services and keep the data (unless --volumes: exit 75 when another command is changing the store)."""
     from ..stack import down as do_down
 
     def body() -> int:
@@ -120,7 +124,8 @@ def down(
                 raise UsageError("--volumes deletes every record and embedding", hint="Add --yes to confirm when not at a terminal.")
             typer.confirm(f"Delete ALL data of the store at {s.home}?", abort=True)
         messages: list[str] = []
-        name = do_down(s, volumes=volumes, report=lambda m: (messages.append(m), None if json_out else output.note(m)))
+        name = do_down(s, volumes=volumes, report=lambda m: (messages.append(m), None if json_out else output.note(m)),
+                       wait=wait)
         if json_out:
             output.emit_json({"ok": True, "runtime": name, "volumes_removed": volumes, "messages": messages})
         elif not volumes and name != "external":
