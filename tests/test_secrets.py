@@ -167,6 +167,22 @@ def test_child_processes_get_no_ctx_secrets_and_interrupted_pg_dump_is_ended(tmp
             assert err.strip().splitlines()[-1] == line and "Traceback" not in err and out == "", err  # one line, after progress
             assert _pg_dumps_of(settings) == []  # no orphan pg_dump left running
             assert [b for b in bk.list_backups(settings.backups_path) if b.complete] == []
+
+        # a pg_dump that cannot finish within CTX_PG_TOOL_TIMEOUT is ended, and the backup fails in one line
+        with Store(settings) as store:
+            locker = store.pg()
+            locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            try:
+                proc = subprocess.run([sys.executable, "-m", "coditect_ctx", "backup"], capture_output=True, text=True,
+                                      env={**os.environ, **settings_env(settings), "CTX_PG_TOOL_TIMEOUT": "2"},
+                                      cwd=tmp_path, timeout=300)
+            finally:
+                locker.rollback()
+                locker.close()
+        assert proc.returncode == 3, proc.stderr
+        assert "pg_dump did not finish within 2 s and was stopped" in proc.stderr and "CTX_PG_TOOL_TIMEOUT" in proc.stderr
+        assert _pg_dumps_of(settings) == []
+        assert [b for b in bk.list_backups(settings.backups_path) if b.complete] == []
     finally:
         stack_job.down(settings, volumes=True)
 
