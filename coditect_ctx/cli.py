@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from . import __version__, output
 from .commands import backup, health, migrate, search, stack
+from .runtime.procs import PRIVATE_UMASK
 
 
 def _no_type_for_flags(display_type_rich):
@@ -52,6 +54,8 @@ for module in (stack, health, migrate, backup, search):
 
 
 def main() -> None:
+    os.umask(PRIVATE_UMASK)  # what ctx writes (backups, models, pid files) and the services it starts stay private
+
     def start() -> None:
         if not search.fast_main(sys.argv[1:]):  # a plain `ctx search` skips Typer's start-up cost
             app(prog_name="ctx")  # also under `python -m coditect_ctx`: one completion variable, _CTX_COMPLETE

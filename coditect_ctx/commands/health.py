@@ -59,6 +59,7 @@ def health(
             body_text = text if text is not None else render_nagios(report) + "\n"
             tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
             tmp.write_text(body_text)
+            os.chmod(tmp, 0o644)  # for node_exporter, another user: statuses only, no data and no secret
             os.replace(tmp, out_file)
         return report.status
 

@@ -4,7 +4,8 @@ Layout under $CTX_HOME: postgres/data (the cluster), redis/ (dump + generated co
 persistent store), logs/*.log and run/*.pid. Every service listens on 127.0.0.1 only.
 
 PostgreSQL refuses to run as root, so as root the cluster belongs to a system user (`ctx-postgres`) and the
-commands run under it; the folders it must reach get traverse (o+x) permission only, never read.
+commands run under it; the folders it must reach get traverse permission only, never read. Everything else under
+$CTX_HOME is private to the user running the store (folders 0700, files 0600; services start with umask 077).
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ class LocalRuntime(Runtime):
         if not self.settings.pg_password:
             raise ConfigError("No PostgreSQL password configured", hint="Run `ctx setup`, which generates one into $CTX_HOME/.env.")
         for folder in (self.log_dir, self.run, self.redis_dir, self.chroma_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        procs.make_private(self.settings.home)
+        self._prepare_pg_dirs()
         started = [self._start_postgres(report), self._start_chroma(report), self._start_redis(report)]
         ep = self.endpoints()
         timeout = self.settings.start_timeout
@@ -241,7 +244,6 @@ class LocalRuntime(Runtime):
             report("postgres: already running")
             return False
         require_free_port("postgres", self.settings.pg_port, "CTX_PG_PORT")
-        self._prepare_pg_dirs()
         existed = (self.pg_data / "PG_VERSION").exists()
         if not existed:
             report("postgres: creating the cluster (initdb)")
@@ -296,7 +298,12 @@ class LocalRuntime(Runtime):
         os.chmod(self.pg_data, 0o700)
         if os.geteuid() == 0:
             entry = _ensure_system_user(PG_SYSTEM_USER)
-            for path in (self.pg_data.parent, self.pg_bin, self.log_dir):
+            # The PostgreSQL user passes through $CTX_HOME and logs/ as their group (0710), other users do not;
+            # the folders above $CTX_HOME and the server's install get traverse for others (o+x, never read).
+            for path in (self.settings.home, self.log_dir):
+                os.chown(path, -1, entry.pw_gid)
+                os.chmod(path, 0o710)
+            for path in (self.settings.home.parent, self.pg_bin):
                 _grant_traverse(path)
             _grant_read_tree(self.pg_bin.parent)
             for path in (self.pg_data.parent, self.pg_data):

@@ -31,6 +31,9 @@ def child_env(allow: Iterable[str] = (), base: Mapping[str, str] | None = None, 
     env.update(extra)
     return env
 
+# Everything ctx and its services create is private to the user running the store: files 0600, folders 0700.
+PRIVATE_UMASK = 0o077
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -121,7 +124,7 @@ def spawn(argv: list[str], pid_file: Path, log_file: Path, env: Mapping[str, str
     The pid file holds "<pid> <start time>": the pair that identifies this very process later."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -131,11 +134,26 @@ def spawn(argv: list[str], pid_file: Path, log_file: Path, env: Mapping[str, str
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            umask=PRIVATE_UMASK,
         )
     tmp = pid_file.with_name(pid_file.name + ".tmp")
     tmp.write_text(f"{proc.pid} {start_time(proc.pid) or 0}\n")
     os.replace(tmp, pid_file)
     return proc.pid
+
+
+def make_private(root: Path) -> None:
+    """Take group and other permissions off every file and folder under `root` (a store made by an older ctx,
+    or by a service that ignored the umask). Symbolic links are not followed."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for path in [here, *(here / name for name in filenames)]:
+            try:
+                st = os.lstat(path)
+                if not os.path.islink(path) and st.st_mode & 0o077:
+                    os.chmod(path, st.st_mode & 0o7700)
+            except OSError:
+                pass
 
 
 def terminate(pid: int, timeout: float = 15.0) -> bool:

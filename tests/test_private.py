@@ -1,0 +1,109 @@
+"""Private by default: another user of the machine reads no file of the store and uses no service without its secrets.
+
+One store of this module's own goes through setup, migrate, search and backup with the real `ctx` command (which
+sets the umask), then its home is walked; as root, the same files and services are tried as `nobody`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coditect_ctx.runtime.local import find_redis_server
+
+from .conftest import SAMPLES, _short_tmp, make_settings, settings_env
+
+pytestmark = pytest.mark.slow
+
+
+def run_ctx(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTX_")}
+    env.update(settings_env(settings))
+    proc = subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"ctx {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def used_store(models_dir):
+    """A local store after setup, migrate, search and backup, all run by the `ctx` command."""
+    from coditect_ctx import stack
+
+    home = _short_tmp("ctx-p-")
+    settings = make_settings(home)
+    (home / "models").symlink_to(models_dir, target_is_directory=True)
+    run_ctx(settings, "setup")
+    run_ctx(settings, "migrate", str(SAMPLES / "coditect-demo"))
+    run_ctx(settings, "search", "connection pool")
+    run_ctx(settings, "backup")
+    yield settings
+    stack.down(settings, volumes=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def loose_paths(home: Path) -> list[str]:
+    """Paths under `home` (itself included) that others may read, write or enter, or a group may read or write.
+
+    The one allowance: as root, PostgreSQL runs as its own system user, which passes through $CTX_HOME and logs/
+    as their group (0710, group ctx-postgres)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(home):
+        for path in [Path(dirpath), *(Path(dirpath) / n for n in filenames + dirnames)]:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode) or (path != Path(dirpath) and stat.S_ISDIR(st.st_mode)):
+                continue  # a folder is checked as its own dirpath; the test's models link points outside
+            group_traverse_only = stat.S_ISDIR(st.st_mode) and st.st_mode & 0o070 == 0o010
+            if st.st_mode & 0o007 or (st.st_mode & 0o070 and not group_traverse_only):
+                out.append(f"{oct(st.st_mode & 0o777)} {path.relative_to(home)}")
+    return sorted(out)
+
+
+def test_nothing_in_the_home_is_readable_or_writable_by_others(used_store):
+    home = used_store.home
+    assert (home / "chroma" / "chroma.sqlite3").is_file() and list((home / "backups").iterdir())
+    assert loose_paths(home) == []
+
+
+def test_setup_tightens_a_store_made_by_an_older_ctx(used_store):
+    home = used_store.home
+    os.chmod(home, 0o701)
+    os.chmod(home / "chroma", 0o755)
+    os.chmod(home / "chroma" / "chroma.sqlite3", 0o644)
+    os.chmod(home / "logs" / "chroma.log", 0o644)
+    assert loose_paths(home)
+    run_ctx(used_store, "setup")
+    assert loose_paths(home) == []
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "LC_ALL": "C", "HOME": "/"}  # no CTX_*, no PGPASSWORD, no REDISCLI_AUTH
+    return subprocess.run(["runuser", "-u", "nobody", "--", *argv], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=60)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root and runuser")
+
+
+@needs_root
+def test_another_user_reads_no_file(used_store):
+    home = used_store.home
+    files = [Path(d) / n for d, _, names in os.walk(home) for n in names if not (Path(d) / n).is_symlink()]
+    readable = [str(f.relative_to(home)) for f in files if as_nobody("cat", str(f)).returncode == 0]
+    assert readable == []
+    assert as_nobody("ls", str(home)).returncode != 0
+
+
+@needs_root
+def test_another_user_cannot_use_postgres_or_redis_without_the_passwords(used_store):
+    s = used_store
+    psql = shutil.which("psql") or str(Path(os.environ.get("CTX_PG_BIN", "")) / "psql")
+    proc = as_nobody(psql, "-w", "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", s.pg_user, "-d", s.pg_db, "-c", "SELECT 1")
+    assert proc.returncode != 0 and "password" in proc.stderr
+    redis_cli = find_redis_server(s).with_name("redis-cli")
+    proc = as_nobody(str(redis_cli), "-h", "127.0.0.1", "-p", str(s.redis_port), "KEYS", "*")
+    assert "NOAUTH" in proc.stdout + proc.stderr
