@@ -42,6 +42,16 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def remove_store(settings, home: Path) -> None:
+    """Stop a bench store's services and delete its home."""
+    from coditect_ctx import stack
+
+    try:
+        stack.down(settings, volumes=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def record_count(store) -> int:
     with store.pg() as conn:
         return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in EMBEDDED)
@@ -167,10 +177,7 @@ def main() -> None:
               f" checks: {', '.join(restored.checks)}")
     finally:
         if not args.keep:
-            try:
-                stack.down(settings, volumes=True)
-            finally:
-                shutil.rmtree(home, ignore_errors=True)
+            remove_store(settings, home)
 
 
 if __name__ == "__main__":

@@ -98,8 +98,58 @@ def test_another_user_reads_no_file(used_store):
     assert as_nobody("ls", str(home)).returncode != 0
 
 
+def chroma_call(settings, method: str, path: str, headers: dict, body: dict | None = None) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{settings.chroma_port}/api/v2/tenants/default_tenant/databases/default_database"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={**headers, **({"Content-Type": "application/json"} if data else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_chroma_demands_the_token(used_store):
+    s = used_store
+    calls = [("GET", "/collections", None), ("POST", "/collections", {"name": "intruder"}),
+             ("DELETE", "/collections/sessions_embeddings", None)]
+    for headers in ({}, {"Authorization": "Bearer bogus"}, {"X-Chroma-Token": "bogus"},
+                    {"Authorization": "Bearer " + s.chroma_token[:-1]}):
+        assert [chroma_call(s, m, p, headers, b) for m, p, b in calls] == [403, 403, 403], headers
+    assert chroma_call(s, "GET", "/collections/sessions_embeddings", {"Authorization": "Bearer " + s.chroma_token}) == 200
+    assert chroma_call(s, "GET", "/collections/intruder", {"Authorization": "Bearer " + s.chroma_token}) in (400, 404)
+
+
+def test_setup_replaces_a_chroma_run_left_by_an_older_ctx_and_serves_its_data(used_store):
+    from coditect_ctx.runtime import procs
+    from coditect_ctx.runtime.base import wait_until
+    from coditect_ctx.runtime.local import find_chroma
+    from coditect_ctx.runtime.probes import chroma_ready
+    from coditect_ctx.stores import Store
+
+    s, home = used_store, used_store.home
+    with Store(s) as store:
+        before = {c["name"]: store.chroma.count(c["name"]) for c in store.chroma.list_collections()}
+    assert sum(before.values()) > 0
+    pid_file = home / "run" / "chroma.pid"
+    assert procs.terminate(procs.live_pid(pid_file, procs.Identity(home / "chroma")))
+    procs.spawn([str(find_chroma()), "run", "--path", str(home / "chroma"), "--host", "127.0.0.1", "--port", str(s.chroma_port)],
+                pid_file, home / "logs" / "chroma.log", cwd=home / "chroma")
+    wait_until("chroma", lambda: chroma_ready(f"http://127.0.0.1:{s.chroma_port}"), 60)
+    assert chroma_call(s, "GET", "/collections", {}) == 200  # what an older ctx ran: open to anyone
+    assert "restarting it with token authentication" in run_ctx(s, "setup").stderr
+    assert chroma_call(s, "GET", "/collections", {}) == 403
+    with Store(s) as store:
+        assert {c["name"]: store.chroma.count(c["name"]) for c in store.chroma.list_collections()} == before
+
+
 @needs_root
-def test_another_user_cannot_use_postgres_or_redis_without_the_passwords(used_store):
+def test_another_user_cannot_use_the_services_without_the_secrets(used_store):
     s = used_store
     psql = shutil.which("psql") or str(Path(os.environ.get("CTX_PG_BIN", "")) / "psql")
     proc = as_nobody(psql, "-w", "-h", "127.0.0.1", "-p", str(s.pg_port), "-U", s.pg_user, "-d", s.pg_db, "-c", "SELECT 1")
@@ -107,3 +157,8 @@ def test_another_user_cannot_use_postgres_or_redis_without_the_passwords(used_st
     redis_cli = find_redis_server(s).with_name("redis-cli")
     proc = as_nobody(str(redis_cli), "-h", "127.0.0.1", "-p", str(s.redis_port), "KEYS", "*")
     assert "NOAUTH" in proc.stdout + proc.stderr
+    url = f"http://127.0.0.1:{s.chroma_port}/api/v2/tenants/default_tenant/databases/default_database/collections"
+    for argv in (["-X", "GET"], ["-X", "POST", "-H", "Content-Type: application/json", "-d", '{"name": "x"}'],
+                 ["-X", "DELETE", "-H", "Authorization: Bearer bogus"]):
+        proc = as_nobody("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *argv, url + ("/sessions_embeddings" if "DELETE" in argv else ""))
+        assert proc.stdout == "403", argv

@@ -37,14 +37,14 @@ class Endpoints:
 
 
 def loopback_endpoints(settings: Settings, cache_off: str = "") -> Endpoints:
-    """The addresses of services a runtime runs itself on 127.0.0.1 ports (local, docker): passwords quoted, no
-    Chroma token (the Chroma 1.x server has none; it listens on 127.0.0.1 only). `cache_off` says why there is no
-    cache, when there is none."""
+    """The addresses of services a runtime runs itself on 127.0.0.1 ports (local, docker): passwords quoted, the
+    Chroma token its server demands (runtime/chroma_server.py). `cache_off` says why there is no cache, when there
+    is none."""
     s = settings
     return Endpoints(
         pg_url=pg_url_for(s.pg_user, s.pg_password, "127.0.0.1", s.pg_port, s.pg_db),
         chroma_url=f"http://127.0.0.1:{s.chroma_port}",
-        chroma_token=None,
+        chroma_token=s.chroma_token or None,
         redis_url=None if cache_off else f"redis://:{quote(s.redis_password, safe='')}@127.0.0.1:{s.redis_port}/0",
         redis_note=cache_off,
     )

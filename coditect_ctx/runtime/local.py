@@ -1,7 +1,8 @@
 """The embedded default: PostgreSQL, Redis and a Chroma server as ctx's own background processes.
 
 Layout under $CTX_HOME: postgres/data (the cluster), redis/ (dump + generated config, 0600), chroma/ (the
-persistent store), logs/*.log and run/*.pid. Every service listens on 127.0.0.1 only.
+persistent store, served by chromadb's token-checking server), logs/*.log and run/*.pid. Every service listens
+on 127.0.0.1 only.
 
 PostgreSQL refuses to run as root, so as root the cluster belongs to a system user (`ctx-postgres`) and the
 commands run under it; the folders it must reach get traverse permission only, never read. Everything else under
@@ -22,7 +23,7 @@ from typing import Callable
 
 from ..config import Settings, pg_url_for
 from ..errors import ConfigError, ServiceError
-from . import probes, procs
+from . import chroma_server, probes, procs
 from .base import Endpoints, Runtime, ServiceStatus, loopback_endpoints, require_free_port, wait_until
 from .pgtools import database_args, embedded_pg_bin, require_tool, run_tool, tool_env, tool_text
 
@@ -153,7 +154,7 @@ class LocalRuntime(Runtime):
         cv = None
         if chroma_pid:
             try:
-                cv = probes.chroma_version(ep.chroma_url, None, t)
+                cv = probes.chroma_version(ep.chroma_url, ep.chroma_token, t)
             except Exception:
                 cv = None
         out.append(
@@ -376,17 +377,30 @@ class LocalRuntime(Runtime):
     # -- Chroma ------------------------------------------------------------------------------------------
     def _start_chroma(self, report: _Report) -> bool:
         pid_file = self.run / "chroma.pid"
-        if self._live("chroma"):
+        pid = self._live("chroma")
+        if pid and chroma_server.MARK not in procs.command_line(pid):
+            report("chroma: the running server (`chroma run`) takes no token; restarting it with token authentication")
+            if not procs.terminate(pid):
+                raise ServiceError(f"chroma (pid {pid}) did not stop", hint=f"Kill it by hand: kill -9 {pid}", service="chroma")
+            pid_file.unlink(missing_ok=True)
+            pid = None
+        if pid:
             report("chroma: already running")
             return False
-        chroma = find_chroma()
-        if chroma is None:
-            raise ConfigError("chroma: the `chroma` command was not found", hint="pip install chromadb (a dependency of ctx).")
+        if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
+            raise ConfigError(
+                "chroma: the Chroma server's Python dependencies (fastapi, uvicorn) are missing",
+                hint="pip install fastapi uvicorn opentelemetry-instrumentation-fastapi (dependencies of ctx).",
+            )
+        if not self.settings.chroma_token:
+            raise ConfigError("No Chroma token configured", hint="Run `ctx setup`, which generates one into $CTX_HOME/.env.")
         require_free_port("chroma", self.settings.chroma_port, "CTX_CHROMA_PORT")
-        env = procs.child_env(ANONYMIZED_TELEMETRY="False", CHROMA_TELEMETRY="false")
-        argv = [str(chroma), "run", "--path", str(self.chroma_dir), "--host", "127.0.0.1", "--port", str(self.settings.chroma_port)]
+        # no CTX_* secret, and no CHROMA_* setting of the caller's that could loosen the server's own
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_")}
+        env = procs.child_env(base=base, **chroma_server.server_env(self.settings.chroma_token, str(self.chroma_dir)))
+        argv = chroma_server.server_argv(sys.executable, "127.0.0.1", self.settings.chroma_port)
         procs.spawn(argv, pid_file, self.log_path("chroma"), env=env, cwd=self.chroma_dir)
-        report("chroma: started")
+        report("chroma: started (token required)")
         return True
 
     # -- Redis -------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def child_env(allow: Iterable[str] = (), base: Mapping[str, str] | None = None, 
     env.update(extra)
     return env
 
+
 # Everything ctx and its services create is private to the user running the store: files 0600, folders 0700.
 PRIVATE_UMASK = 0o077
 
@@ -62,6 +63,15 @@ def _process(pid: int):
         return None if proc.status() == psutil.STATUS_ZOMBIE else proc
     except psutil.Error:
         return None
+
+
+def command_line(pid: int) -> str:
+    """The process's arguments joined by spaces ("" when it is gone or not ours to read)."""
+    proc = _process(pid)
+    try:
+        return " ".join(proc.cmdline()) if proc else ""
+    except Exception:  # psutil.Error
+        return ""
 
 
 def start_time(pid: int) -> float | None:
