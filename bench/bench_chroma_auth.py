@@ -50,7 +50,7 @@ def swap_chroma(settings, variant: str) -> float:
     env["ANONYMIZED_TELEMETRY"] = "False"
     if variant == "token":
         argv = chroma_server.server_argv(sys.executable, "127.0.0.1", settings.chroma_port)
-        env.update(chroma_server.server_env(settings.chroma_token, str(folder)))
+        env.update(chroma_server.server_env(str(folder), token=settings.chroma_token))
     else:
         argv = [str(find_chroma()), "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(settings.chroma_port)]
     t = time.perf_counter()

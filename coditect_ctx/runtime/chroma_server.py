@@ -3,9 +3,9 @@
 `chroma run` (the Rust server of chromadb 1.x, also the official image's) has no authentication at all: anyone who
 reaches its port can read or delete every collection. The chromadb package still ships its Python server
 (`chromadb.app`, FastAPI on the same Rust core, so the same v2 API and the same files on disk) with token
-authentication; ctx runs that under uvicorn (through chroma_app.py, which fixes one bug of it). The token travels in
-the environment (`/proc/<pid>/environ` is readable by the same user only), never on a command line, and the client
-sends it as `Authorization: Bearer <token>`.
+authentication; ctx runs that under uvicorn (through chroma_app.py, which fixes one bug of it). The token reaches
+it in a 0600 file (local) or the container's environment (docker), never on a command line, and the client sends it
+as `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -45,11 +45,16 @@ def container_entrypoint() -> list[str]:
     return ["python3", "-c", files(__package__).joinpath("chroma_app.py").read_text(encoding="utf-8")]
 
 
-def server_env(token: str, persist_directory: str) -> dict[str, str]:
-    """The settings the server reads from its environment (chromadb.config.Settings)."""
+def server_env(persist_directory: str, *, token: str = "", token_file: str = "") -> dict[str, str]:
+    """The settings the server reads from its environment (chromadb.config.Settings). The token is given either in
+    the environment (`token`: a container's, like its database password) or as a 0600 file (`token_file`, holding
+    the token and no newline: the local runtime's, so the process environment holds no secret)."""
+    credentials = (
+        {"CHROMA_SERVER_AUTHN_CREDENTIALS_FILE": token_file} if token_file else {"CHROMA_SERVER_AUTHN_CREDENTIALS": token}
+    )
     return {
         "CHROMA_SERVER_AUTHN_PROVIDER": TOKEN_PROVIDER,
-        "CHROMA_SERVER_AUTHN_CREDENTIALS": token,
+        **credentials,
         "CHROMA_AUTH_TOKEN_TRANSPORT_HEADER": "Authorization",
         "IS_PERSISTENT": "TRUE",
         "PERSIST_DIRECTORY": persist_directory,

@@ -397,7 +397,11 @@ class LocalRuntime(Runtime):
         require_free_port("chroma", self.settings.chroma_port, "CTX_CHROMA_PORT")
         # no CTX_* secret, and no CHROMA_* setting of the caller's that could loosen the server's own
         base = {k: v for k, v in os.environ.items() if not k.startswith("CHROMA_")}
-        env = procs.child_env(base=base, **chroma_server.server_env(self.settings.chroma_token, str(self.chroma_dir)))
+        token_file = self.run / "chroma.token"  # 0600, no newline (the server reads lines as they are)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.settings.chroma_token)
+        env = procs.child_env(base=base, **chroma_server.server_env(str(self.chroma_dir), token_file=str(token_file)))
         argv = chroma_server.server_argv(sys.executable, "127.0.0.1", self.settings.chroma_port)
         procs.spawn(argv, pid_file, self.log_path("chroma"), env=env, cwd=self.chroma_dir)
         report("chroma: started (token required)")
