@@ -8,6 +8,15 @@ wait_seconds=${CTX_DOCKERD_WAIT:-60}
 
 engine_answers() { timeout 5 docker info >/dev/null 2>&1; }
 
+# The tests of pulling (tests/test_docker_pull.py) run their own Distribution registry on 127.0.0.1: the binary
+# only, never the package's system service.
+if ! command -v docker-registry >/dev/null; then
+  echo "docker.sh: installing docker-registry" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq docker-registry || { apt-get update -qq && apt-get install -y -qq docker-registry; }; } >/dev/null
+  if command -v systemctl >/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+fi
+
 if command -v docker >/dev/null && engine_answers; then
   echo "docker.sh: engine already answers" >&2
   exit 0

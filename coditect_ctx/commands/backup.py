@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated
 
 import typer
 
 from .. import output
 from .common import JsonOpt, WaitOpt, YesOpt, complete, completion_settings, settings
+from .common import progress_callback as _progress
 
 DestOpt = Annotated[
     Path | None,
@@ -40,20 +40,6 @@ def register(app: typer.Typer) -> None:
 
 def _settings(ctx: typer.Context, dest: Path | None):
     return settings(ctx, backup_dir=str(dest) if dest else None)
-
-
-@contextmanager
-def _progress(json_out: bool) -> Iterator:
-    """A progress callback for the library: Rich bars at a terminal, nothing otherwise (cron, pipes, --json)."""
-    with output.progress(enabled=not json_out) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(step: str, done: int, total: int | None) -> None:
-            if step not in tasks:
-                tasks[step] = bar.add_task(step, total=total)
-            bar.update(tasks[step], completed=done, total=total)
-
-        yield update
 
 
 def _note(json_out: bool):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, Iterable, Iterator
 
 import typer
 
+from .. import output
 from ..config import Settings, load_settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -27,6 +29,20 @@ def settings(ctx: typer.Context, **flags: Any) -> Settings:
     base = dict(ctx.obj or {}) if ctx is not None else {}
     base.update({k: v for k, v in flags.items() if v is not None})
     return load_settings(**base)
+
+
+@contextmanager
+def progress_callback(json_out: bool) -> Iterator[Callable[[str, int, "int | None"], None]]:
+    """A progress callback for the library: Rich bars at a terminal, nothing otherwise (cron, pipes, --json)."""
+    with output.progress(enabled=not json_out) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(step: str, done: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        yield update
 
 
 def complete(values: Callable[[typer.Context], Iterable[str]]) -> Callable[[typer.Context, str], list[str]]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import output
-from .common import JsonOpt, RuntimeOpt, WaitOpt, YesOpt, complete, settings
+from .common import JsonOpt, RuntimeOpt, WaitOpt, YesOpt, complete, progress_callback, settings
 
 
 def register(app: typer.Typer) -> None:
@@ -29,18 +29,24 @@ def setup(
     chroma_url: Annotated[str | None, typer.Option(help="External runtime: Chroma URL (CTX_CHROMA_URL).")] = None,
     redis_url: Annotated[str | None, typer.Option(
         help="External runtime: redis:// or rediss:// URL, or 'none' for no cache (CTX_REDIS_URL).")] = None,
+    no_pull: Annotated[bool, typer.Option(
+        "--no-pull", help="Docker runtime: never pull a missing image; name the `docker pull`/`docker load` instead "
+        "(CTX_DOCKER_PULL=never, for hosts without a registry).")] = False,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Start the store (what is not running), apply the schema, create collections. Safe to re-run.
+    """Start the store (what is not running; the docker runtime pulls missing images), apply the schema, create
+    collections. Safe to re-run.
 
     Exit 75 when another command is changing the store (see --wait)."""
     from ..stack import setup as do_setup
 
     def body() -> int:
         s = settings(ctx, runtime=runtime, pg_port=pg_port, chroma_port=chroma_port, redis_port=redis_port,
-                     pg_url=pg_url, chroma_url=chroma_url, redis_url=redis_url)
-        result = do_setup(s, report=output.note, wait=wait)
+                     pg_url=pg_url, chroma_url=chroma_url, redis_url=redis_url,
+                     docker_pull="never" if no_pull else None)
+        with progress_callback(json_out) as progress:
+            result = do_setup(s, report=output.note, wait=wait, progress=progress)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:

@@ -52,8 +52,9 @@ def resolve_runtime_name(settings: Settings, probe: bool = True, report: Callabl
 def docker_usable(settings: Settings, report: Callable[[str], None] | None = None) -> bool:
     """An engine answers and has the configured images: auto never chooses a runtime that would need a pull.
 
-    When an engine answers but lacks images, `report` gets one line saying so (setup shows it), since an
-    operator who has Docker running would otherwise wonder why auto chose local.
+    When an engine answers but lacks images, `report` gets one line saying so and how to get the docker runtime
+    (setup shows it): an operator who has Docker running would otherwise wonder why auto chose local, and a
+    silent gigabyte download is not what auto should do.
     """
     try:
         from .docker import missing_images
@@ -63,7 +64,8 @@ def docker_usable(settings: Settings, report: Callable[[str], None] | None = Non
     if missing and report is not None:
         them = "it" if len(missing) == 1 else "them"
         report(f"runtime: auto chose local: the Docker engine answers but has no image {', '.join(missing.values())}"
-               f" (ctx never pulls: `docker pull` {them}, or name others with {', '.join(missing)})")
+               f" (auto never downloads: `ctx setup --runtime docker` pulls {them}; or name others with"
+               f" {', '.join(missing)})")
     return missing == {}
 
 

@@ -20,6 +20,7 @@ from ..config import SECRET, URL, Settings, masked_repr, pg_url_for
 from ..errors import PortInUseError, ServiceError, UsageError
 
 SERVICES = ("postgres", "chroma", "redis")
+Progress = Callable[[str, int, "int | None"], None]  # progress(step, done, total): total None while unknown
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Runtime(ABC):
     @abstractmethod
     def endpoints(self) -> Endpoints:
         """Where the services answer (whether or not they run now)."""
+
+    def prepare(self, report: Callable[[str], None] = lambda msg: None, progress: Progress = lambda *a: None) -> None:
+        """Get what start() needs onto this machine (the docker runtime's images), creating nothing."""
 
     @abstractmethod
     def start(self, report: Callable[[str], None] = lambda msg: None) -> None:

@@ -24,8 +24,10 @@ from urllib.parse import urlsplit
 from ..config import Settings
 from ..errors import ConfigError, ServiceError, UsageError
 from .base import (
-    SERVICES, Endpoints, Runtime, ServiceStatus, loopback_endpoints, port_in_use, require_free_port, wait_until,
+    SERVICES, Endpoints, Progress, Runtime, ServiceStatus, loopback_endpoints, port_in_use, require_free_port,
+    wait_until,
 )
+from .images import ImageRef, check_pull_mode, present, pull_all, resolve
 from .pgtools import database_args, require_tool
 
 LABEL_PROJECT = "io.coditect.ctx.project"
@@ -79,6 +81,12 @@ def resource_name(settings: Settings, service: str | None = None) -> str:
     return f"ctx-{project_id(settings)}" + (f"-{service}" if service else "")
 
 
+def image_refs(settings: Settings) -> dict[str, ImageRef]:
+    """The image each service runs: its setting, through the mirror of CTX_DOCKER_REGISTRY when one is set."""
+    return {service: resolve(getattr(settings, setting), settings.docker_registry, env_name(setting))
+            for service, setting in IMAGE_SETTINGS.items()}
+
+
 def container_specs(settings: Settings) -> dict[str, ContainerSpec]:
     """The containers for these settings, pure (no engine needed). Redis is left out when the cache is off."""
     host_mode = settings.docker_network_mode == "host"
@@ -104,11 +112,12 @@ def container_specs(settings: Settings) -> dict[str, ContainerSpec]:
     redis_script = f'exec redis-server - {redis_args} <<EOF\nrequirepass "$REDIS_PASSWORD"\nEOF\n'
     redis_health = f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 -p {ports["redis"]} ping | grep -q PONG'
 
+    images = {service: ref.run for service, ref in image_refs(settings).items()}
     common = {"network_mode": "host" if host_mode else ""}
     specs = {
         "postgres": ContainerSpec(
             service="postgres",
-            image=settings.docker_pg_image,
+            image=images["postgres"],
             command=pg_command,
             environment={
                 "POSTGRES_USER": settings.pg_user,
@@ -126,7 +135,7 @@ def container_specs(settings: Settings) -> dict[str, ContainerSpec]:
         ),
         "chroma": ContainerSpec(
             service="chroma",
-            image=settings.docker_chroma_image,
+            image=images["chroma"],
             command=["run", "--path", DATA_PATHS["chroma"], "--host", listen, "--port", str(ports["chroma"])],
             environment={},
             host_port=settings.chroma_port,
@@ -139,7 +148,7 @@ def container_specs(settings: Settings) -> dict[str, ContainerSpec]:
         ),
         "redis": ContainerSpec(
             service="redis",
-            image=settings.docker_redis_image,
+            image=images["redis"],
             command=["sh", "-c", redis_script],
             environment={"REDIS_PASSWORD": settings.redis_password},
             host_port=settings.redis_port,
@@ -194,7 +203,7 @@ def docker_available(settings: Settings | None = None, timeout: float = 0.8) -> 
 
 def missing_images(settings: Settings) -> dict[str, str] | None:
     """The configured images this engine lacks, by setting name ({} when it has them all); None when no engine
-    answers. `--runtime auto` chooses docker only when nothing would need a pull (ctx never pulls)."""
+    answers. `--runtime auto` chooses docker only when nothing would need a pull (auto never downloads)."""
     if not docker_available(settings):
         return None
     try:
@@ -295,7 +304,18 @@ class DockerRuntime(Runtime):
         found = client.containers.list(all=True, filters=self._filters(service))
         return found[0] if found else None
 
-    # ------------------------------------------------------------ start
+    # ------------------------------------------------------------ images, then start
+
+    def prepare(self, report: Callable[[str], None] = lambda msg: None, progress: Progress = lambda *a: None) -> None:
+        """Pull the images the engine lacks (CTX_DOCKER_PULL=missing), or name how to get them (never)."""
+        client = engine_client()
+        specs = container_specs(self.settings)
+        if check_pull_mode(self.settings) == "never":
+            self._require_images(client, specs)
+            return
+        refs = image_refs(self.settings)
+        pull_all(client, {service: (env_name(IMAGE_SETTINGS[service]), refs[service]) for service in specs},
+                 report, progress)
 
     def start(self, report: Callable[[str], None] = lambda msg: None) -> None:
         s = self.settings
@@ -356,19 +376,19 @@ class DockerRuntime(Runtime):
             raise
 
     def _require_images(self, client, specs: dict[str, ContainerSpec]) -> None:
-        import docker
-
-        for service, spec in specs.items():
-            try:
-                client.images.get(spec.image)
-            except docker.errors.ImageNotFound:
-                setting = env_name(IMAGE_SETTINGS[service])
-                raise ServiceError(
-                    f"{service}: image {spec.image} is not on this machine (ctx never pulls images on its own)",
-                    hint=f"Pull it with `docker pull {spec.image}`, or build the offline test images with "
-                    f"`bash .ci/build-images.sh` and set {setting} to the image it prints.",
-                    service=service,
-                ) from None
+        refs = image_refs(self.settings)
+        missing = [service for service in specs if not present(client, refs[service])]
+        if missing:
+            service, images = missing[0], " ".join(refs[s].run for s in missing)
+            setting = env_name(IMAGE_SETTINGS[service])
+            off = ", and pulling is off (--no-pull or CTX_DOCKER_PULL=never)" if self.settings.docker_pull == "never" else ""
+            raise ServiceError(
+                f"{service}: image {refs[service].run} is not on this machine{off}",
+                hint=f"Pull with `docker pull {images}` (or `ctx setup --runtime docker`, which pulls); on a host "
+                f"without a registry, `docker save` them elsewhere and `docker load -i <file>.tar` here; or build the "
+                f"offline test images with `bash .ci/build-images.sh` and set {setting} to the image it prints.",
+                service=service,
+            )
 
     def _ensure_network(self, client, made: _Made):
         found = client.networks.list(filters=self._filters())
@@ -521,6 +541,7 @@ class DockerRuntime(Runtime):
             state = container.attrs.get("State", {})
             health = state.get("Health", {}).get("Status", "")
             mounts = [m.get("Name") or m.get("Source") for m in container.attrs.get("Mounts", [])]
+            image_id = container.attrs.get("Image")
             detail = container.status + (f", {health}" if health else "")
             if container.status == "exited":
                 detail += f" (exit code {state.get('ExitCode')})"
@@ -535,6 +556,8 @@ class DockerRuntime(Runtime):
                     extra={
                         "container": container.name,
                         "image": container.attrs.get("Config", {}).get("Image"),
+                        "image_id": image_id,
+                        "digest": _repo_digest(client, image_id, spec.image),
                         "health": health or None,
                         "ports": _published_ports(container, spec),
                         "volumes": mounts,
@@ -591,6 +614,19 @@ class DockerRuntime(Runtime):
                 service="postgres",
             )
         return stdout if output is None else stderr
+
+
+def _repo_digest(client, image_id: str | None, reference: str) -> str | None:
+    """The registry digest of the image a container runs (`sha256:...`): the one of the repository it was created
+    from, else any; None for an image that never came from a registry (built or loaded here)."""
+    try:
+        digests = client.images.get(image_id).attrs.get("RepoDigests") or []
+    except Exception:
+        return None
+    name = resolve(reference, "").name
+    for entry in sorted(digests, key=lambda d: not d.startswith(f"{name}@")):
+        return entry.rpartition("@")[2]
+    return None
 
 
 def _published_ports(container, spec: ContainerSpec) -> list[str]:
