@@ -8,7 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from coditect_ctx.config import load_settings
 from coditect_ctx.runtime.external import ExternalRuntime
@@ -222,6 +225,7 @@ def test_env_file_round_trips_every_character(tmp_path, monkeypatch):
 # -- rotating the secrets of a stopped store -----------------------------------------------------------------
 def test_rotating_secrets_of_a_stopped_store_is_editing_env_then_setup(fresh_stack, tmp_path):
     from coditect_ctx import stack as stack_job
+    from coditect_ctx.chroma_http import ChromaConnection, ChromaHTTPError
     from coditect_ctx.config import _write_env_file, pg_url_for
     from coditect_ctx.runtime import probes
     from coditect_ctx.runtime.base import loopback_endpoints
@@ -233,19 +237,26 @@ def test_rotating_secrets_of_a_stopped_store_is_editing_env_then_setup(fresh_sta
     with Store(old) as store:
         store.pg().execute("CREATE TABLE rotation_probe (x int)").connection.commit()
     stack_job.down(old)
-    new_pg, new_redis = "new-pg-'$x${X}\\ #=", "new-redis-'$x #="
-    _write_env_file(old.env_file, {"CTX_PG_PASSWORD": new_pg, "CTX_REDIS_PASSWORD": new_redis})
+    new_pg, new_redis, new_token = "new-pg-'$x${X}\\ #=", "new-redis-'$x #=", "new-token-$x${X}"
+    _write_env_file(old.env_file, {"CTX_PG_PASSWORD": new_pg, "CTX_REDIS_PASSWORD": new_redis,
+                                   "CTX_CHROMA_TOKEN": new_token})
     proc = subprocess.run([sys.executable, "-m", "coditect_ctx", "setup"], env={**os.environ, **settings_env(old)},
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert _secrets_in(proc.stdout + proc.stderr, [new_pg, new_redis, old.pg_password, old.redis_password]) == []
+    assert _secrets_in(proc.stdout + proc.stderr, [new_pg, new_redis, new_token, old.pg_password, old.redis_password]) == []
 
     new = load_settings(home=str(old.home), runtime="local", pg_port=old.pg_port, chroma_port=old.chroma_port,
                         redis_port=old.redis_port)
-    assert (new.pg_password, new.redis_password) == (new_pg, new_redis)
+    assert (new.pg_password, new.redis_password, new.chroma_token) == (new_pg, new_redis, new_token)
     url = lambda password: pg_url_for(old.pg_user, password, "127.0.0.1", old.pg_port, old.pg_db)  # noqa: E731
     assert probes.pg_ready(url(new_pg)) and not probes.pg_ready(url(old.pg_password))
     assert probes.redis_ready(loopback_endpoints(new).redis_url)
     assert not probes.redis_ready(loopback_endpoints(old).redis_url)
+    chroma_url = loopback_endpoints(new).chroma_url
+    with closing(ChromaConnection.for_settings(new, chroma_url, new_token)) as client:
+        assert len(client.list_collections()) >= 1
+    with closing(ChromaConnection.for_settings(new, chroma_url, old.chroma_token)) as client:
+        with pytest.raises(ChromaHTTPError):
+            client.list_collections()
     with Store(new) as store:  # the data is still there
         assert store.pg().execute("SELECT count(*) FROM rotation_probe").fetchone()[0] == 0
