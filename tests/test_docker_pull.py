@@ -16,7 +16,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -182,6 +184,39 @@ def test_setup_pulls_each_missing_image_from_the_registry_then_runs_and_a_second
 
     again = ok(run_ctx(env, "setup"))
     assert "pulled" not in again.stderr and "already running" in again.stderr
+
+
+def _on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Run ctx with its stderr on a pseudo-terminal (as a person at a shell sees it): exit code and that output."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "coditect_ctx", *args], env={**env, "TERM": "xterm"},
+                               cwd=env["CTX_HOME"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    return process.wait(timeout=600), shown.decode("utf-8", "replace")
+
+
+def test_at_a_terminal_the_pull_shows_a_progress_bar_per_layer(registry, store):
+    settings, env = store
+    with socket.socket() as squatter:  # setup stops right after the pulls, at the taken port: nothing to start
+        squatter.bind(("127.0.0.1", settings.pg_port))
+        squatter.listen()
+        code, shown = _on_a_terminal(env, "setup", "--runtime", "docker")
+    assert code == 3 and f"port {settings.pg_port}" in shown
+    assert re.search(r"redis layer [0-9a-f]{12} +━+", shown), shown[-3000:]  # Rich's bar for the downloaded layer
+    assert "redis: pulled " in shown and "; 1 layer downloaded" in shown
+    assert _our_resources(settings) == NOTHING
 
 
 def test_a_wrong_digest_or_tag_is_refused_before_anything_is_pulled_or_created(registry, store):
