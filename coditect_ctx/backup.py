@@ -126,6 +126,41 @@ def check_files(folder: Path, manifest: dict, progress: Progress = _no_progress)
         progress("checking files", done, len(files))
 
 
+def check_contents(folder: Path, manifest: dict, progress: Progress = _no_progress) -> None:
+    """Every exported collection decompresses to its end and parses, vector by vector, with the dimension and
+    the count the manifest records; DataError otherwise. Run before anything is replaced: a file damaged and
+    its manifest re-signed must never leave a restored store with an emptied collection."""
+    import zlib
+
+    from .embed import DIMENSION
+
+    try:
+        collections = dict(manifest["chroma"]["collections"])
+        total = sum(int(c["vectors"]) for c in collections.values())
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{folder / MANIFEST}: no readable list of collections ({exc!r})",
+                        hint="The backup is damaged; use another one (`ctx backup list`).") from exc
+    done = 0
+    for name, meta in sorted(collections.items()):
+        path = folder / str(meta.get("file"))
+        n = 0
+        try:
+            for vid, _doc, metadata, embedding in read_vectors(path):
+                if not isinstance(vid, str) or not isinstance(metadata, dict) or len(embedding) != DIMENSION:
+                    raise ValueError(f"vector {n + 1} is malformed (id, metadata or {DIMENSION} floats)")
+                n += 1
+                done += 1
+                if done % 10_000 == 0:
+                    progress("reading vectors", done, total)
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: unreadable after {n} vectors ({exc})",
+                            hint="The backup is damaged (nothing was replaced); use another one (`ctx backup list`).") from exc
+        if n != meta.get("vectors"):
+            raise DataError(f"{path}: holds {n} vectors, which does not match the manifest ({meta.get('vectors')})",
+                            hint="The backup is damaged (nothing was replaced); use another one (`ctx backup list`).")
+    progress("reading vectors", done, total)
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)

@@ -41,7 +41,7 @@ from .ingest.redact import redact, redact_local_path, redact_record
 from .stores import Store
 from .kinds import KINDS, TABLES, WRITE_ORDER
 from .stores import postgres as pg
-from .vectors import count_pending, embed_pending
+from .vectors import EmbedResult, count_pending, embed_pending
 
 PRIVACY = ("PUBLIC", "TEAM", "PRIVATE", "EPHEMERAL")
 CHECKPOINT_STATUSES = ("active", "in_progress", "completed", "blocked", "archived")
@@ -607,16 +607,17 @@ def _migrate(settings: Settings, paths: list[Path], submodule: str | None, dry_r
         return report
     if embed:
         t2 = time.monotonic()
+        result = EmbedResult()
         try:
-            result = embed_pending(store, on_progress)
-            report.embedded_records, report.embedded_vectors = result.records, result.vectors
-            report.embed_capped = result.capped
-            if result.records:
-                with store.pg() as conn:
-                    report.data_generation = pg.bump_generation(conn)
-                    conn.commit()
+            embed_pending(store, on_progress, result=result)
         except ServiceError as exc:
             report.embed_error = f"{exc.message} (rows are kept and marked not embedded: run `ctx validate --repair` later)"
+        report.embedded_records, report.embedded_vectors = result.records, result.vectors  # marked, even before a failure
+        report.embed_capped = result.capped
+        if result.records:
+            with store.pg() as conn:
+                report.data_generation = pg.bump_generation(conn)
+                conn.commit()
         report.seconds["embed"] = time.monotonic() - t2
     with store.pg() as conn:
         report.not_embedded = sum(count_pending(conn).values())

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backup import (
-    DUMP_FILE, Progress, Report, _no_progress, _quiet, check_files, load_manifest,
+    DUMP_FILE, Progress, Report, _no_progress, _quiet, check_contents, check_files, load_manifest,
     read_vectors, record_verified, resolve_backup,
 )
 from .config import Settings
@@ -51,6 +51,7 @@ def check_restorable(folder: Path, progress: Progress = _no_progress) -> dict:
     """Manifest, file checksums and schema version; the manifest when the backup may be restored."""
     manifest = load_manifest(folder)
     check_files(folder, manifest, progress)
+    check_contents(folder, manifest, progress)
     latest = pg.latest_version()
     if int(manifest.get("schema_version") or 0) > latest:
         raise SchemaError(

@@ -104,12 +104,14 @@ def embed_pending(
     store: Store,
     on_progress: Callable[[str, int, int], None] | None = None,
     only_ids: dict[str, list[str]] | None = None,
+    result: EmbedResult | None = None,
 ) -> EmbedResult:
     """Embed every stale row (or only `only_ids` per kind). Raises ServiceError when Chroma is unreachable;
-    what was done before that stays done and marked."""
+    what was done before that stays done and marked, and counted in `result` (pass one to read it after a
+    failure): records and vectors count only once their rows are marked embedded."""
     from .embed import embed_documents
 
-    result = EmbedResult()
+    result = EmbedResult() if result is None else result
     models = store.settings.models_path
     with store.pg() as conn:
         for kind in WRITE_ORDER:
@@ -138,7 +140,14 @@ def embed_pending(
                             f"WHERE id = %s AND content_sha256 = %s",
                             [(r[4], counts[r[0]], r[0], r[4]) for r in batch],
                         )
-                return len(batch)
+                return len(batch), len(ids)
+
+            def stored(written: tuple[int, int], kind=kind) -> int:
+                records, vectors = written
+                result.records += records
+                result.vectors += vectors
+                result.per_kind[kind] = result.per_kind.get(kind, 0) + records
+                return records
 
             # The model is the bottleneck: while it embeds batch N+1, one writer thread stores batch N.
             with ThreadPoolExecutor(max_workers=1) as writer:
@@ -146,15 +155,12 @@ def embed_pending(
                 for batch, ids, docs, metas, counts in _batches(kind, rows, result, store.settings.embed_max_chunks):
                     vectors = embed_documents(docs, models) if docs else []
                     if in_flight is not None:
-                        done += in_flight.result()
+                        done += stored(in_flight.result())
                         if on_progress:
                             on_progress(kind, done, total)
                     in_flight = writer.submit(write, batch, ids, vectors, metas, docs, counts)
-                    result.records += len(batch)
-                    result.vectors += len(ids)
-                    result.per_kind[kind] = result.per_kind.get(kind, 0) + len(batch)
                 if in_flight is not None:
-                    done += in_flight.result()
+                    done += stored(in_flight.result())
                     if on_progress:
                         on_progress(kind, done, total)
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, free_port, settings_env
+from .conftest import CORPUS, SAMPLES, free_port, settings_env
 
 DEMO_CORE = SAMPLES / "coditect-demo" / "submodules" / "demo-core"
 
@@ -178,3 +178,129 @@ def test_symlink_loops_dangling_links_and_forged_names_are_reported_escaped(fres
     assert reasons[FORGED] == "empty file"
     assert reasons["2025-01-01-loop.md"].startswith("symlink loop")
     assert reasons["2025-01-02-dangling.md"].startswith("dangling symlink")
+
+
+# -- backups and restore under damage and dead services --------------------------------------------------
+@pytest.fixture
+def migrated(fresh_stack):
+    """A store of the test's own holding demo-core, embedded."""
+    proc = _ctx("migrate", str(DEMO_CORE), env=settings_env(fresh_stack))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return fresh_stack
+
+
+def _store_state(settings) -> dict:
+    from coditect_ctx.kinds import COLLECTIONS
+    from coditect_ctx.stores import Store
+    from coditect_ctx.stores import postgres as pg
+
+    with Store(settings) as store, store.pg() as conn:
+        state = {t: n for t, n in pg.table_counts(conn).items()}
+        state["generation"] = pg.data_generation(conn)
+        for name in COLLECTIONS.values():
+            state[name] = store.chroma.count(name)
+    return state
+
+
+def test_forged_backup_with_a_truncated_gzip_is_refused_before_anything_is_replaced(migrated, tmp_path):
+    """The gzip of a collection is cut in half and the manifest re-signed, so every checksum matches."""
+    import hashlib
+
+    from coditect_ctx.backup import MANIFEST, write_manifest
+
+    env = {**settings_env(migrated), "CTX_BACKUP_DIR": str(tmp_path / "backups")}
+    taken = _ctx("backup", "--json", env=env)
+    assert taken.returncode == 0, taken.stderr
+    folder = Path(json.loads(taken.stdout)["path"])
+    manifest = json.loads((folder / MANIFEST).read_text())
+    name, meta = max(manifest["chroma"]["collections"].items(), key=lambda kv: kv[1]["vectors"])
+    victim = folder / meta["file"]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    manifest["files"][meta["file"]] = {"sha256": hashlib.sha256(victim.read_bytes()).hexdigest(),
+                                       "bytes": victim.stat().st_size}
+    del manifest["checksum"]
+    write_manifest(folder, manifest)
+
+    before = _store_state(migrated)
+    assert before[name] > 0
+    for argv in (("restore", folder.name, "--yes"), ("backup", "verify", folder.name)):
+        proc = _ctx(*argv, env=env)
+        _one_error(proc, 5, meta["file"].rsplit("/", 1)[-1], "nothing was replaced")
+    assert _store_state(migrated) == before
+    assert _ctx("validate", "--no-files", env=env).returncode == 0
+
+
+def test_backup_with_chroma_dead_is_a_service_error(migrated, tmp_path):
+    from coditect_ctx.runtime import procs
+    from coditect_ctx.runtime.local import LocalRuntime
+
+    procs.terminate(procs.read_pid(LocalRuntime(migrated).run / "chroma.pid"))
+    dest = tmp_path / "backups"
+    proc = _ctx("backup", "--dest", str(dest), env=settings_env(migrated))
+    _one_error(proc, 3, "Chroma", "ctx setup")
+    assert not [p for p in dest.glob("*") if not p.name.startswith(".")], "a backup was published without vectors"
+
+
+# -- a service killed while migrate embeds ---------------------------------------------------------------
+CORE = CORPUS / "coditect-core"
+needs_corpus = pytest.mark.skipif(not CORE.is_dir(), reason="../shared/corpus is absent (it is not part of this repo)")
+
+
+def _embedded_so_far(settings) -> tuple[int, int]:
+    """Rows marked embedded (their current content has its vectors), and their vectors."""
+    from coditect_ctx.kinds import TABLES
+    from coditect_ctx.stores import postgres as pg
+    from coditect_ctx.stores import Store
+
+    records = vectors = 0
+    with Store(settings) as store, store.pg() as conn:
+        if not pg.schema_version(conn):
+            return 0, 0
+        for table in TABLES.values():
+            n, v = conn.execute(f"SELECT count(*), coalesce(sum(embedded_chunks), 0) FROM {table} "
+                                "WHERE embedded_sha256 = content_sha256").fetchone()
+            records, vectors = records + n, vectors + int(v)
+    return records, vectors
+
+
+def _migrate_until_some_are_embedded(settings, *args) -> subprocess.Popen:
+    """A real `ctx migrate` of the corpus, returned once its first batch is in Chroma and marked in PostgreSQL."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(CORE), *args],
+                            env={**os.environ, **settings_env(settings)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    while _embedded_so_far(settings)[0] == 0:
+        assert proc.poll() is None, "migrate ended before embedding anything: " + proc.stderr.read()
+        time.sleep(0.2)
+    return proc
+
+
+@needs_corpus
+def test_migrate_report_counts_what_was_embedded_before_chroma_died(fresh_stack):
+    from coditect_ctx.runtime import procs
+    from coditect_ctx.runtime.local import LocalRuntime
+
+    proc = _migrate_until_some_are_embedded(fresh_stack, "--json")
+    os.kill(procs.read_pid(LocalRuntime(fresh_stack).run / "chroma.pid"), signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    report = json.loads(out)
+    records, vectors = _embedded_so_far(fresh_stack)
+    assert records > 0 and report["not_embedded"] > 0
+    assert (report["embedded_records"], report["embedded_vectors"]) == (records, vectors)
+    assert "chroma" in report["embed_error"]
+
+
+@needs_corpus
+def test_postgres_killed_while_migrate_embeds_is_a_service_error(fresh_stack):
+    from coditect_ctx.runtime.local import LocalRuntime
+
+    proc = _migrate_until_some_are_embedded(fresh_stack)
+    postmaster = int((LocalRuntime(fresh_stack).pg_data / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    _one_error(proc, 3, "PostgreSQL", "ctx setup")
