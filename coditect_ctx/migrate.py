@@ -84,6 +84,7 @@ class MigrateReport:
     not_embedded: int = 0
     embed_error: str | None = None
     data_generation: int | None = None
+    notes: list[str] = field(default_factory=list)  # folders read besides those given, or added to a known name
     seconds: dict[str, float] = field(default_factory=dict)
 
     def stats(self, source: str, kind: str) -> TypeStats:
@@ -114,23 +115,31 @@ class MigrateReport:
             "embedded_records": self.embedded_records, "embedded_vectors": self.embedded_vectors,
             "embed_capped": self.embed_capped, "embed_max_chunks": self.embed_max_chunks,
             "not_embedded": self.not_embedded, "embed_error": self.embed_error,
-            "data_generation": self.data_generation, "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            "data_generation": self.data_generation, "notes": self.notes, "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
 
 # -- phase 1: read --------------------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """Everything one run will write, one entry per identity."""
+    """Everything one run will write, one entry per identity; `origins` lists the (folder, file) pairs each record
+    was read from, keyed by (kind, identity): MEMORY-CONTEXT folder and file relative to its repo folder, both
+    redacted by phase 2 as the store keeps them."""
 
     sources: list[Source] = field(default_factory=list)
     checkpoints: dict[str, tuple[str, CheckpointRecord]] = field(default_factory=dict)
     sessions: dict[str, tuple[str, list[SessionRecord]]] = field(default_factory=dict)
+    session_folders: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     patterns: dict[str, tuple[str, PatternRecord]] = field(default_factory=dict)
     messages: dict[str, tuple[str, MessageRecord]] = field(default_factory=dict)
     message_files: dict[str, set] = field(default_factory=lambda: defaultdict(set))
     merged: dict[str, tuple[str, SessionRecord]] = field(default_factory=dict)
     session_text: dict[str, str] = field(default_factory=dict)
+    origins: dict[tuple[str, str], set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
+
+
+# Finds the folders, other than those given, that hold some of these (kind, identity) records: a run reads them too.
+Related = Callable[[set[tuple[str, str]], list[Source]], list[Source]]
 
 
 def _kind_of_path(path: str) -> str:
@@ -144,48 +153,92 @@ def _kind_of_path(path: str) -> str:
     return "session"
 
 
-def read_sources(paths: Iterable[Path], submodule: str | None, report: MigrateReport,
-                 on_progress: Progress | None = None) -> Batch:
-    batch = Batch()
-    for path in paths:
-        found = discover_sources(Path(path), None if _single_mc(path) else submodule)
-        if submodule and _single_mc(path) and len(found) == 1:
-            found = [Source(name=submodule, root=found[0].root, memory_context=found[0].memory_context)]
-        batch.sources.extend(found)
-    names = [s.name for s in batch.sources]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        from .errors import UsageError
+def canonical(sources: Iterable[Source]) -> list[Source]:
+    """One entry per folder, in an order that depends only on the folders (shallowest first, then by path), never
+    on the order they were given or migrated in: the first folder holding a record names its source."""
+    unique = {str(s.memory_context): s for s in sources}
+    return sorted(unique.values(), key=lambda s: (len(s.memory_context.parts), str(s.memory_context)))
 
-        raise UsageError(f"Two sources would share the name {dup[0]!r}", hint="Migrate them separately with --submodule NAME.")
-    fill_batch(batch, report, on_progress)
+
+def read_sources(paths: Iterable[Path], submodule: str | None, report: MigrateReport,
+                 on_progress: Progress | None = None, related: Related | None = None) -> Batch:
+    """The folders under `paths`, plus (through `related`) every folder that shares a record with them, read and
+    merged. Several folders may carry one name: they are all sources of that submodule."""
+    found: list[Source] = []
+    for path in paths:
+        here = discover_sources(Path(path))
+        if submodule and _single_mc(path) and len(here) == 1:  # one folder: named as the caller says
+            here = [Source(name=submodule, root=here[0].root, memory_context=here[0].memory_context)]
+        elif submodule:  # a repo and its submodules: the one named
+            here = discover_sources(Path(path), submodule)
+        found.extend(here)
+    batch = Batch(sources=canonical(found))
+    raw = _read(batch.sources, {}, on_progress)
+    while related is not None:
+        more = [s for s in related(_keys(raw), batch.sources) if str(s.memory_context) not in raw]
+        if not more:
+            break
+        batch.sources = canonical(batch.sources + more)
+        raw = _read(batch.sources, raw, on_progress)
+    _assemble(batch, raw, report)
     return batch
 
 
 def fill_batch(batch: Batch, report: MigrateReport, on_progress: Progress | None = None) -> None:
-    """Read every source of `batch` and keep one record per identity (first source wins)."""
-    for n, source in enumerate(batch.sources):
+    """Read every source of `batch` and keep one record per identity (merged over all its folders)."""
+    batch.sources = canonical(batch.sources)
+    _assemble(batch, _read(batch.sources, {}, on_progress), report)
+
+
+def _read(sources: list[Source], raw: dict[str, list], on_progress: Progress | None) -> dict[str, list]:
+    """Every record (or Skipped) of each folder not read yet, by folder."""
+    for n, source in enumerate(sources):
         if on_progress:
-            on_progress("read", n, len(batch.sources))
-        for record in iter_source(source):
-            _take(batch, source.name, record, report)
+            on_progress("read", n, len(sources))
+        if str(source.memory_context) not in raw:
+            raw[str(source.memory_context)] = list(iter_source(source))
     if on_progress:
-        on_progress("read", len(batch.sources), len(batch.sources))
+        on_progress("read", len(sources), len(sources))
+    return raw
+
+
+def _keys(raw: dict[str, list]) -> set[tuple[str, str]]:
+    keys = set()
+    for records in raw.values():
+        for record in records:
+            if isinstance(record, Skipped):
+                continue
+            keys.add((_KIND_OF[type(record)], record.identity))
+            keys.update(("message", m.identity) for m in getattr(record, "messages", None) or ())
+    return keys
+
+
+def _assemble(batch: Batch, raw: dict[str, list], report: MigrateReport) -> None:
+    for source in batch.sources:
+        folder = str(source.memory_context)
+        for record in raw[folder]:
+            _take(batch, source.name, folder, record, report)
     for identity, (src, records) in batch.sessions.items():
         batch.merged[identity] = (src, merge_sessions(records) if len(records) > 1 else records[0])
         batch.session_text[identity] = _session_text(records)
     for identity, (src, session) in batch.merged.items():
+        records = batch.sessions[identity][1]
+        talk = max(range(len(records)), key=lambda i: len(records[i].messages))  # whose messages merge kept
+        where = (batch.session_folders[identity][talk], records[talk].source_path)
         for msg in session.messages:
             msg.session_identity = identity
             msg.checkpoint_ref = msg.checkpoint_ref or session.checkpoint_ref
-            _take_message(batch, src, msg, report, session.source_path)
+            _take_message(batch, src, msg, report, session.source_path, where)
 
 
 def _single_mc(path) -> bool:
     return Path(path).name == "MEMORY-CONTEXT" or (Path(path) / "MEMORY-CONTEXT").is_dir()
 
 
-def _take(batch: Batch, src: str, record, report: MigrateReport) -> None:
+_KIND_OF = {CheckpointRecord: "checkpoint", SessionRecord: "session", PatternRecord: "pattern", MessageRecord: "message"}
+
+
+def _take(batch: Batch, src: str, folder: str, record, report: MigrateReport) -> None:
     if isinstance(record, Skipped):
         stats = report.stats(src, _kind_of_path(record.path))
         if record.kind == "placeholder":
@@ -195,6 +248,11 @@ def _take(batch: Batch, src: str, record, report: MigrateReport) -> None:
             stats.failed += 1
             stats.failures.append({"file": record.path, "reason": record.reason})
         return
+    if isinstance(record, MessageRecord):
+        _take_message(batch, src, record, report, record.metadata.get("source_file") or "",
+                      (folder, record.metadata.get("source_path") or ""))
+        return
+    batch.origins[(_KIND_OF[type(record)], record.identity)].add((folder, record.source_path or ""))
     if isinstance(record, CheckpointRecord):
         report.stats(src, "checkpoint").read += 1
         kept = batch.checkpoints.get(record.identity)
@@ -204,16 +262,17 @@ def _take(batch: Batch, src: str, record, report: MigrateReport) -> None:
         report.stats(src, "session").read += 1
         entry = batch.sessions.setdefault(record.identity, (src, []))
         entry[1].append(record)
+        batch.session_folders[record.identity].append(folder)
     elif isinstance(record, PatternRecord):
         report.stats(src, "pattern").read += 1
         batch.patterns.setdefault(record.identity, (src, record))
-    elif isinstance(record, MessageRecord):
-        _take_message(batch, src, record, report, record.metadata.get("source_file") or "")
 
 
-def _take_message(batch: Batch, src: str, msg: MessageRecord, report: MigrateReport, origin: str) -> None:
+def _take_message(batch: Batch, src: str, msg: MessageRecord, report: MigrateReport, origin: str,
+                  where: tuple[str, str]) -> None:
     report.stats(src, "message").read += 1
     batch.message_files[msg.identity].add(origin)
+    batch.origins[("message", msg.identity)].add(where)
     kept = batch.messages.get(msg.identity)
     if kept is None:
         batch.messages[msg.identity] = (src, msg)
@@ -253,6 +312,11 @@ def redact_batch(batch: Batch, report: MigrateReport) -> list[tuple]:
         one("pattern", rec, rec.source_path)
     for _src, rec in batch.messages.values():
         one("message", rec, rec.metadata.get("source_file") or "")
+    # each record's folders and files as the store keeps them: folders like submodule_registry's, file names as text
+    folders = {f: redact_local_path(f) for f in {f for pairs in batch.origins.values() for f, _p in pairs}}
+    files = {p: redact(p)[0] for p in {p for pairs in batch.origins.values() for _f, p in pairs}}
+    batch.origins = defaultdict(set, {key: {(folders[f], files[p]) for f, p in pairs}
+                                      for key, pairs in batch.origins.items()})
     return audits
 
 
@@ -348,15 +412,15 @@ _UPSERT = {
         SELECT s.identity, s.ref, r.id, s.title, s.summary, s.content, s.checkpoint_at, s.sprint, s.status, s.git_branch,
                s.git_commit, s.privacy_level, s.metadata, s.source_path, s.source_sha256, s.content_sha256
         FROM stage_checkpoint s JOIN submodule_registry r ON r.name = s.submodule
-        ON CONFLICT (identity) DO UPDATE SET ref = EXCLUDED.ref, title = EXCLUDED.title, summary = EXCLUDED.summary,
+        ON CONFLICT (identity) DO UPDATE SET submodule_id = EXCLUDED.submodule_id, ref = EXCLUDED.ref, title = EXCLUDED.title, summary = EXCLUDED.summary,
             content = EXCLUDED.content, checkpoint_at = EXCLUDED.checkpoint_at, sprint = EXCLUDED.sprint,
             status = EXCLUDED.status, git_branch = EXCLUDED.git_branch, git_commit = EXCLUDED.git_commit,
             privacy_level = EXCLUDED.privacy_level, metadata = EXCLUDED.metadata, source_path = EXCLUDED.source_path,
             source_sha256 = EXCLUDED.source_sha256, content_sha256 = EXCLUDED.content_sha256
-        WHERE (t.ref, t.title, t.summary, t.content, t.checkpoint_at, t.sprint, t.status, t.git_branch, t.git_commit,
+        WHERE (t.submodule_id, t.ref, t.title, t.summary, t.content, t.checkpoint_at, t.sprint, t.status, t.git_branch, t.git_commit,
                t.privacy_level, t.metadata, t.source_path, t.source_sha256, t.content_sha256)
               IS DISTINCT FROM
-              (EXCLUDED.ref, EXCLUDED.title, EXCLUDED.summary, EXCLUDED.content, EXCLUDED.checkpoint_at, EXCLUDED.sprint,
+              (EXCLUDED.submodule_id, EXCLUDED.ref, EXCLUDED.title, EXCLUDED.summary, EXCLUDED.content, EXCLUDED.checkpoint_at, EXCLUDED.sprint,
                EXCLUDED.status, EXCLUDED.git_branch, EXCLUDED.git_commit, EXCLUDED.privacy_level, EXCLUDED.metadata,
                EXCLUDED.source_path, EXCLUDED.source_sha256, EXCLUDED.content_sha256)
         RETURNING t.identity, (t.xmax = 0)""",
@@ -368,16 +432,17 @@ _UPSERT = {
                s.objectives, s.status, s.privacy_level, s.source_formats, s.metadata, s.source_path, s.source_sha256,
                s.content_sha256
         FROM stage_session s JOIN submodule_registry r ON r.name = s.submodule
-        ON CONFLICT (identity) DO UPDATE SET checkpoint_ref = EXCLUDED.checkpoint_ref, title = EXCLUDED.title,
+        ON CONFLICT (identity) DO UPDATE SET submodule_id = EXCLUDED.submodule_id,
+            checkpoint_ref = EXCLUDED.checkpoint_ref, title = EXCLUDED.title,
             summary = EXCLUDED.summary, content = EXCLUDED.content, started_at = EXCLUDED.started_at,
             repository = EXCLUDED.repository, participants = EXCLUDED.participants, objectives = EXCLUDED.objectives,
             status = EXCLUDED.status, privacy_level = EXCLUDED.privacy_level, source_formats = EXCLUDED.source_formats,
             metadata = EXCLUDED.metadata, source_path = EXCLUDED.source_path, source_sha256 = EXCLUDED.source_sha256,
             content_sha256 = EXCLUDED.content_sha256
-        WHERE (t.checkpoint_ref, t.title, t.summary, t.content, t.started_at, t.repository, t.participants, t.objectives,
+        WHERE (t.submodule_id, t.checkpoint_ref, t.title, t.summary, t.content, t.started_at, t.repository, t.participants, t.objectives,
                t.status, t.privacy_level, t.source_formats, t.metadata, t.source_path, t.source_sha256, t.content_sha256)
               IS DISTINCT FROM
-              (EXCLUDED.checkpoint_ref, EXCLUDED.title, EXCLUDED.summary, EXCLUDED.content, EXCLUDED.started_at,
+              (EXCLUDED.submodule_id, EXCLUDED.checkpoint_ref, EXCLUDED.title, EXCLUDED.summary, EXCLUDED.content, EXCLUDED.started_at,
                EXCLUDED.repository, EXCLUDED.participants, EXCLUDED.objectives, EXCLUDED.status, EXCLUDED.privacy_level,
                EXCLUDED.source_formats, EXCLUDED.metadata, EXCLUDED.source_path, EXCLUDED.source_sha256,
                EXCLUDED.content_sha256)
@@ -388,18 +453,19 @@ _UPSERT = {
         SELECT s.identity, r.id, s.name, s.pattern_type, s.description, s.content, s.usage_count, s.privacy_level,
                s.metadata, s.source_path, s.source_sha256, s.content_sha256
         FROM stage_pattern s JOIN submodule_registry r ON r.name = s.submodule
-        ON CONFLICT (identity) DO UPDATE SET name = EXCLUDED.name, pattern_type = EXCLUDED.pattern_type,
+        ON CONFLICT (identity) DO UPDATE SET submodule_id = EXCLUDED.submodule_id, name = EXCLUDED.name, pattern_type = EXCLUDED.pattern_type,
             description = EXCLUDED.description, content = EXCLUDED.content, usage_count = EXCLUDED.usage_count,
             privacy_level = EXCLUDED.privacy_level, metadata = EXCLUDED.metadata, source_path = EXCLUDED.source_path,
             source_sha256 = EXCLUDED.source_sha256, content_sha256 = EXCLUDED.content_sha256
-        WHERE (t.name, t.pattern_type, t.description, t.content, t.usage_count, t.privacy_level, t.metadata,
+        WHERE (t.submodule_id, t.name, t.pattern_type, t.description, t.content, t.usage_count, t.privacy_level, t.metadata,
                t.source_path, t.source_sha256, t.content_sha256)
               IS DISTINCT FROM
-              (EXCLUDED.name, EXCLUDED.pattern_type, EXCLUDED.description, EXCLUDED.content, EXCLUDED.usage_count,
+              (EXCLUDED.submodule_id, EXCLUDED.name, EXCLUDED.pattern_type, EXCLUDED.description, EXCLUDED.content, EXCLUDED.usage_count,
                EXCLUDED.privacy_level, EXCLUDED.metadata, EXCLUDED.source_path, EXCLUDED.source_sha256,
                EXCLUDED.content_sha256)
         RETURNING t.identity, (t.xmax = 0)""",
-    # A message's identity is the hash of its content: an existing row only ever gains links it lacked.
+    # A message's identity is the hash of its content: only its links and sightings change. A run reads every folder
+    # that holds a record (read_sources' `related`), so what it stages is the whole view and may replace the row's.
     "message": """
         INSERT INTO messages AS t (identity, submodule_id, session_id, checkpoint_ref, role, kind, position, content,
                                    first_seen, occurrences, privacy_level, metadata, source_path, source_sha256,
@@ -408,16 +474,13 @@ _UPSERT = {
                s.occurrences, s.privacy_level, s.metadata, s.source_path, s.source_sha256, s.content_sha256
         FROM stage_message s JOIN submodule_registry r ON r.name = s.submodule
         LEFT JOIN sessions ss ON ss.identity = s.session_identity
-        ON CONFLICT (identity) DO UPDATE SET
-            session_id = coalesce(t.session_id, EXCLUDED.session_id),
-            checkpoint_ref = coalesce(t.checkpoint_ref, EXCLUDED.checkpoint_ref),
-            position = CASE WHEN t.session_id IS NULL THEN EXCLUDED.position ELSE t.position END,
-            first_seen = least(t.first_seen, EXCLUDED.first_seen),
-            occurrences = greatest(t.occurrences, EXCLUDED.occurrences)
-        WHERE (t.session_id IS NULL AND EXCLUDED.session_id IS NOT NULL)
-           OR (t.checkpoint_ref IS NULL AND EXCLUDED.checkpoint_ref IS NOT NULL)
-           OR EXCLUDED.first_seen < t.first_seen
-           OR EXCLUDED.occurrences > t.occurrences
+        ON CONFLICT (identity) DO UPDATE SET submodule_id = EXCLUDED.submodule_id, session_id = EXCLUDED.session_id,
+            checkpoint_ref = EXCLUDED.checkpoint_ref, position = EXCLUDED.position, first_seen = EXCLUDED.first_seen,
+            occurrences = EXCLUDED.occurrences
+        WHERE (t.submodule_id, t.session_id, t.checkpoint_ref, t.position, t.first_seen, t.occurrences)
+              IS DISTINCT FROM
+              (EXCLUDED.submodule_id, EXCLUDED.session_id, EXCLUDED.checkpoint_ref, EXCLUDED.position,
+               EXCLUDED.first_seen, EXCLUDED.occurrences)
         RETURNING t.identity, (t.xmax = 0)""",
 }
 
@@ -478,27 +541,97 @@ def record_hashes(batch: Batch) -> dict[tuple[str, str], dict[str, str]]:
     return out
 
 
-def expected_hashes(sources: list[tuple[str, Path]]) -> dict[tuple[str, str], dict[str, str]]:
-    """identity -> content_sha256 per (source, kind) that migrating these (name, MEMORY-CONTEXT folder) sources
-    would store: their files read and redacted exactly as a run does, nothing written (for `ctx validate`)."""
+def expected_state(sources: list[tuple[str, Path]]) -> tuple[dict[tuple[str, str], dict[str, str]],
+                                                               dict[tuple[str, str], set[tuple[str, str]]]]:
+    """What migrating these (name, MEMORY-CONTEXT folder) sources would store, their files read and redacted exactly
+    as a run does, nothing written (for `ctx validate`): identity -> content_sha256 per (source, kind), and the
+    (folder, file) pairs of each (kind, identity)."""
     batch = Batch(sources=[Source(name=name, root=Path(path).parent, memory_context=Path(path)) for name, path in sources])
     scratch = MigrateReport()
     fill_batch(batch, scratch)
     redact_batch(batch, scratch)
-    return record_hashes(batch)
+    return record_hashes(batch), dict(batch.origins)
+
+
+def related_folders(conn, keys: set[tuple[str, str]], known: list[Source], report: MigrateReport) -> list[Source]:
+    """The registered folders, not among `known`, that hold some of these (kind, identity) records. One that is
+    gone from disk cannot be read: it is left out and said in the report (validate reports it too)."""
+    if not keys:
+        return []
+    kinds, identities = zip(*sorted(keys))
+    rows = conn.execute(
+        """SELECT DISTINCT r.name, f.repo_path, f.memory_context_path
+           FROM unnest(%s::text[], %s::text[]) AS k(t, i)
+           JOIN record_sources rs ON rs.record_type = k.t AND rs.record_identity = k.i
+           JOIN source_folders f ON f.id = rs.folder_id JOIN submodule_registry r ON r.id = f.submodule_id
+           WHERE NOT f.memory_context_path = ANY(%s::text[]) ORDER BY 3""",
+        (list(kinds), list(identities), [redact_local_path(s.memory_context) for s in known])).fetchall()
+    out = []
+    for name, repo, folder in rows:
+        path = Path(folder).expanduser()  # kept as ~/... under the home; elsewhere redacted, then not found
+        if path.is_dir():
+            out.append(Source(name=name, root=Path(repo).expanduser() if repo else path.parent, memory_context=path))
+            note = f"also read {folder} ({name}): it holds records of the folders given"
+        else:
+            note = f"{folder} ({name}) holds records of the folders given but is gone: they are rebuilt without it"
+        if note not in report.notes:
+            report.notes.append(note)
+    return out
+
+
+def _register(conn, batch: Batch, report: MigrateReport) -> None:
+    """Each folder under its name. A name met in a new folder gains that folder as one more source; a known folder
+    given under another name (--submodule) moves to it."""
+    for source in batch.sources:
+        folder = redact_local_path(source.memory_context)
+        sub_id = conn.execute(
+            """INSERT INTO submodule_registry (name, repo_path, memory_context_path, last_migrated_at, created_at)
+               VALUES (%s, %s, %s, now(), clock_timestamp())
+               ON CONFLICT (name) DO UPDATE SET last_migrated_at = now(),
+                   repo_path = coalesce(submodule_registry.repo_path, EXCLUDED.repo_path),
+                   memory_context_path = coalesce(submodule_registry.memory_context_path, EXCLUDED.memory_context_path)
+               RETURNING id""",
+            (source.name, redact_local_path(source.root), folder)).fetchone()[0]
+        others = [f for (f,) in conn.execute(
+            "SELECT memory_context_path FROM source_folders WHERE submodule_id = %s AND memory_context_path <> %s "
+            "ORDER BY created_at", (sub_id, folder))]
+        new = conn.execute(
+            """INSERT INTO source_folders (submodule_id, repo_path, memory_context_path, last_migrated_at)
+               VALUES (%s, %s, %s, now())
+               ON CONFLICT (memory_context_path) DO UPDATE SET submodule_id = EXCLUDED.submodule_id,
+                   repo_path = EXCLUDED.repo_path, last_migrated_at = now()
+               RETURNING (xmax = 0)""", (sub_id, redact_local_path(source.root), folder)).fetchone()[0]
+        if new and others:
+            report.notes.append(f"{folder} is one more folder of source {source.name!r} (besides {', '.join(others)}): "
+                                "its records are merged with theirs")
+
+
+def _write_sources(conn, batch: Batch) -> None:
+    """record_sources of every folder read: exactly the (record, file) pairs the files give now."""
+    conn.execute("CREATE TEMP TABLE stage_sources (record_type text, record_identity text, folder text, "
+                 "source_path text) ON COMMIT DROP")
+    with conn.cursor().copy("COPY stage_sources FROM STDIN") as copy:
+        for (kind, identity), pairs in batch.origins.items():
+            for folder, path in pairs:
+                copy.write_row((kind, identity, folder, path))
+    conn.execute(
+        """DELETE FROM record_sources rs USING source_folders f
+           WHERE f.id = rs.folder_id AND f.memory_context_path = ANY(%s::text[])
+             AND NOT EXISTS (SELECT 1 FROM stage_sources s WHERE s.record_type = rs.record_type
+                             AND s.record_identity = rs.record_identity AND s.folder = f.memory_context_path
+                             AND s.source_path = rs.source_path)""",
+        ([redact_local_path(s.memory_context) for s in batch.sources],))
+    conn.execute(
+        """INSERT INTO record_sources (record_type, record_identity, folder_id, source_path)
+           SELECT s.record_type, s.record_identity, f.id, s.source_path
+           FROM stage_sources s JOIN source_folders f ON f.memory_context_path = s.folder
+           ON CONFLICT DO NOTHING""")
 
 
 def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) -> bool:
     """Stage and upsert everything in the caller's transaction; return whether anything changed."""
     changed = False
-    for source in batch.sources:
-        conn.execute(
-            """INSERT INTO submodule_registry (name, repo_path, memory_context_path, last_migrated_at, created_at)
-               VALUES (%s, %s, %s, now(), clock_timestamp())
-               ON CONFLICT (name) DO UPDATE SET repo_path = EXCLUDED.repo_path,
-                   memory_context_path = EXCLUDED.memory_context_path, last_migrated_at = now()""",
-            (source.name, redact_local_path(source.root), redact_local_path(source.memory_context)),
-        )
+    _register(conn, batch, report)
     rows = _rows(batch)
     src_of = {
         "checkpoint": {i: s for i, (s, _r) in batch.checkpoints.items()},
@@ -524,6 +657,7 @@ def write_batch(conn, batch: Batch, audits: list[tuple], report: MigrateReport) 
         changed = changed or bool(touched)
         if kind in ("session", "pattern"):
             changed = _write_tags(conn, kind) or changed
+    _write_sources(conn, batch)
     linked = conn.execute(
         """UPDATE sessions s SET checkpoint_id = c.id FROM checkpoints c
            WHERE c.ref = s.checkpoint_ref AND s.checkpoint_id IS DISTINCT FROM c.id"""
@@ -585,10 +719,15 @@ def _migrate(settings: Settings, paths: list[Path], submodule: str | None, dry_r
              on_progress: Progress | None, embed: bool) -> MigrateReport:
     report = MigrateReport(dry_run=dry_run, embed_max_chunks=settings.embed_max_chunks)
     t0 = time.monotonic()
-    batch = read_sources(paths, submodule, report, on_progress)
+    store = Store(settings)
+
+    def related(keys: set[tuple[str, str]], known: list[Source]) -> list[Source]:
+        with store.pg() as conn:
+            return related_folders(conn, keys, known, report)
+
+    batch = read_sources(paths, submodule, report, on_progress, related)
     audits = redact_batch(batch, report)
     report.seconds["read"] = time.monotonic() - t0
-    store = Store(settings)
     try:
         t1 = time.monotonic()
         with store.pg() as conn:

@@ -29,7 +29,8 @@ from .stores.chroma import Chroma
 
 UPSERT_BATCH = 1000  # <= Chroma's limit of 5000 ids; and the server refuses large bodies (HTTP 413):
 UPSERT_BYTES = 8_000_000  # so a batch is also cut at about 8 MB of JSON
-DATA_TABLES = (*TABLES.values(), "submodule_registry", "tags", "privacy_audit", "context_loads")
+DATA_TABLES = (*TABLES.values(), "submodule_registry", "source_folders", "record_sources", "tags", "privacy_audit",
+               "context_loads")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 For each source and record type it compares:
 - files vs PostgreSQL: the identities the files hold (read and redacted exactly as migrate does) against the rows,
-  and an aggregate checksum over (identity, content_sha256) pairs, so one changed character shows;
+  and an aggregate checksum over (identity, content_sha256) pairs, so one changed character shows; every folder
+  of a source is read, and each record's folders and files (record_sources) are compared with what they hold now;
 - PostgreSQL vs Chroma: rows without current vectors, vectors without a row (orphans), rows whose vector count
   differs from `embedded_chunks`, vectors made from other content (metadata `sha`), and each collection's dimension;
 - links: sessions and messages whose checkpoint exists but is not linked, messages whose session is gone.
@@ -10,7 +11,7 @@ For each source and record type it compares:
 `--repair` fixes what PostgreSQL alone can fix: re-embeds stale rows, deletes orphan vectors and re-links; it says
 what it could not fix (records only the files have: run `ctx migrate`).
 
-Owns the comparison and the repairs; what the files should give comes from migrate.expected_hashes, the kinds'
+Owns the comparison and the repairs; what the files should give comes from migrate.expected_state, the kinds'
 tables and collections from kinds.py, the vector dimension from embed.py.
 """
 
@@ -43,6 +44,7 @@ class Row:
     only_in_files: int = 0
     only_in_postgres: int = 0
     content_differs: int = 0
+    sources_differ: int = 0  # records whose (folder, file) list in record_sources is not what the folders give
     not_embedded: int = 0
     orphan_vectors: int = 0
     wrong_vector_count: int = 0
@@ -50,7 +52,8 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        return not (self.only_in_files or self.only_in_postgres or self.content_differs or self.not_embedded
+        return not (self.only_in_files or self.only_in_postgres or self.content_differs or self.sources_differ
+                    or self.not_embedded
                     or self.orphan_vectors or self.wrong_vector_count or self.stale_vectors
                     or self.checksum_match is False)
 
@@ -86,19 +89,35 @@ def _checksum(pairs) -> str:
     return h.hexdigest()
 
 
-def _file_expectations(conn, report: ValidateReport) -> dict[tuple[str, str], dict[str, str]] | None:
-    """identity -> content_sha256 per (source, kind), from the registered sources' files, as migrate sees them."""
+Expected = tuple[dict[tuple[str, str], dict[str, str]], dict[tuple[str, str], set[tuple[str, str]]]]
+
+
+def _file_expectations(conn, report: ValidateReport) -> Expected | None:
+    """What the registered folders (all of each source's) give, as migrate sees them: identity -> content_sha256
+    per (source, kind), and the (folder, file) pairs of each (kind, identity)."""
     sources = conn.execute(
-        "SELECT name, memory_context_path FROM submodule_registry ORDER BY created_at, name").fetchall()
+        """SELECT r.name, f.memory_context_path FROM submodule_registry r
+           LEFT JOIN source_folders f ON f.submodule_id = r.id
+           WHERE f.id IS NOT NULL OR r.memory_context_path IS NOT NULL
+           ORDER BY f.created_at, r.name""").fetchall()
     # stored as ~/... under the home (or redacted elsewhere: then not found here)
     sources = [(name, Path(path).expanduser() if path else None) for name, path in sources]
-    missing = [name for name, path in sources if path is None or not path.is_dir()]
+    missing = sorted({name for name, path in sources if path is None or not path.is_dir()})
     if missing:
         report.problems.append(f"source folders not found, files not compared: {', '.join(missing)}")
         return None
-    from .migrate import expected_hashes
+    from .migrate import expected_state
 
-    return expected_hashes(sources)
+    return expected_state(sources)
+
+
+def _stored_origins(conn) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    out: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for kind, identity, folder, path in conn.execute(
+            """SELECT rs.record_type, rs.record_identity, f.memory_context_path, rs.source_path
+               FROM record_sources rs JOIN source_folders f ON f.id = rs.folder_id"""):
+        out[(kind, identity)].add((folder, path))
+    return out
 
 
 def run_validate(settings: Settings, repair: bool = False, files: bool = True, wait: float = 0.0,
@@ -129,7 +148,9 @@ def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
                         FROM {table} t LEFT JOIN submodule_registry r ON r.id = t.submodule_id"""
                 ):
                     stored[(source, kind)][identity] = (rid, sha, emb_sha, chunks)
-            expected = _file_expectations(conn, report) if files else None
+            found = _file_expectations(conn, report) if files else None
+            expected, origins = found if found is not None else (None, {})
+            stored_origins = _stored_origins(conn) if found is not None else {}
             conn.rollback()
             if not files:
                 report.files_checked = False
@@ -163,6 +184,8 @@ def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
                 row.only_in_postgres = len(set(rows) - set(want))
                 row.content_differs = sum(1 for i in set(want) & set(rows) if want[i] != rows[i][1])
                 row.checksum_match = _checksum(want.items()) == _checksum((i, r[1]) for i, r in rows.items())
+                row.sources_differ = sum(1 for i in set(want) & set(rows)
+                                         if origins.get((kind, i), set()) != stored_origins.get((kind, i), set()))
             for identity, (rid, sha, emb_sha, chunks) in rows.items():
                 have = per_record.get(rid, [])
                 if emb_sha != sha:
@@ -257,7 +280,7 @@ def _repair(store: Store, report: ValidateReport, orphans: dict[str, list[str]],
             report.repaired.append(f"embedded {result.records} records ({result.vectors} vectors)")
     except ServiceError as exc:
         report.unrepairable.append(f"{exc.message}: start the service and run `ctx validate --repair` again")
-    missing = sum(r.only_in_files + r.content_differs for r in report.rows)
+    missing = sum(r.only_in_files + r.content_differs + r.sources_differ for r in report.rows)
     if missing:
         report.unrepairable.append(f"{missing} records differ from or are missing against the files: run `ctx migrate`")
     extra = sum(r.only_in_postgres for r in report.rows)

@@ -167,3 +167,19 @@ def write_hostile_source(home: Path) -> Path:
                                  "first_seen": "2025-11-20T10:01:00+00:00", "checkpoint": HOSTILE_REF}))
     (mc / "messages" / "by-checkpoint" / f"{HOSTILE_REF}.jsonl").write_text("\n".join(lines) + "\n")
     return repo
+
+
+def vectors_by_identity(store, ids: dict[str, str]) -> dict[str, list[tuple[str, str, str]]]:
+    """Every vector per kind as (record identity, chunk no, content sha): comparable across stores, whose row
+    uuids (and so vector ids) differ. `ids` maps row uuid -> identity; a vector of no known row shows as '?'."""
+    from coditect_ctx.kinds import COLLECTIONS
+    from coditect_ctx.stores.chroma import record_id_of
+
+    out = {}
+    for kind, name in COLLECTIONS.items():
+        vectors = []
+        for page in store.chroma.iter_all(name, include=("metadatas",)):
+            for vid, meta in zip(page["ids"], page["metadatas"]):
+                vectors.append((ids.get(record_id_of(vid), "?"), vid.rsplit(":", 1)[1], meta["sha"]))
+        out[kind] = sorted(vectors)
+    return out

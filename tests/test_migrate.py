@@ -18,11 +18,12 @@ from coditect_ctx.migrate import run_migrate
 from coditect_ctx.runtime import procs
 from coditect_ctx.runtime.local import LocalRuntime
 from coditect_ctx.stores import Store
-from coditect_ctx.stores.chroma import COLLECTIONS, record_id_of
+from coditect_ctx.stores.chroma import COLLECTIONS
 from coditect_ctx.validate import run_validate
 
 from .conftest import (
-    CORPUS, HOSTILE_LEAKS, SAMPLES, _start, _short_tmp, make_settings, settings_env, write_hostile_source,
+    CORPUS, HOSTILE_LEAKS, SAMPLES, _start, _short_tmp, make_settings, settings_env, vectors_by_identity,
+    write_hostile_source,
 )
 
 DEMO = SAMPLES / "coditect-demo"
@@ -57,12 +58,8 @@ def _snapshot(settings) -> dict:
             "JOIN tags t ON t.id = st.tag_id").fetchall())
         out["audit"] = sorted(conn.execute(
             "SELECT record_type, record_identity, detections::text FROM privacy_audit").fetchall())
-        for kind, name in COLLECTIONS.items():
-            vecs = []
-            for page in store.chroma.iter_all(name, include=("metadatas",)):
-                for vid, meta in zip(page["ids"], page["metadatas"]):
-                    vecs.append((ids.get(record_id_of(vid), "?"), vid.rsplit(":", 1)[1], meta["sha"]))
-            out[f"vectors:{kind}"] = sorted(vecs)
+        for kind, vectors in vectors_by_identity(store, ids).items():
+            out[f"vectors:{kind}"] = vectors
     return out
 
 

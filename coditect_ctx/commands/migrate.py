@@ -74,6 +74,8 @@ def _render(report) -> None:
         if report.embed_capped:
             out.print(f"capped: {report.embed_capped} records longer than {report.embed_max_chunks} chunks embedded "
                       "their first chunks only (CTX_EMBED_MAX_CHUNKS); the whole text is stored", markup=False)
+    for note in report.notes:
+        out.print(output.printable(f"note: {note}"), markup=False)
     if report.embed_error:
         output.note(output.printable(f"warning: {report.embed_error}"))
 
@@ -108,6 +110,7 @@ def _render_validate(report) -> None:
     for r in report.rows:
         issues = [f"{n} {label}" for n, label in (
             (r.only_in_files, "only in files"), (r.only_in_postgres, "only in postgres"), (r.content_differs, "content differs"),
+            (r.sources_differ, "source files differ"),
             (r.not_embedded, "not embedded"), (r.orphan_vectors, "orphan vectors"), (r.wrong_vector_count, "wrong vector count"),
             (r.stale_vectors, "stale vectors")) if n]
         if r.checksum_match is False and not issues:

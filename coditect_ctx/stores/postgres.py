@@ -19,7 +19,7 @@ from ..errors import SchemaError, ServiceError
 
 TABLES = (
     "sessions", "checkpoints", "patterns", "messages", "tags", "session_tags", "pattern_tags",
-    "privacy_audit", "context_loads", "db_metadata", "submodule_registry",
+    "privacy_audit", "context_loads", "db_metadata", "submodule_registry", "source_folders", "record_sources",
 )
 VIEWS = ("v_active_sessions", "v_patterns_by_usage", "v_privacy_audit_summary", "v_recent_checkpoints")
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
