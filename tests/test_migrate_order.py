@@ -154,3 +154,33 @@ def test_one_submodule_alone_never_narrows_what_a_full_run_merged(fresh_stack, t
     assert _validate_exit(cli, fresh_stack) == 0
     data = json.loads(cli(fresh_stack, "validate", "--json").stdout)
     assert {row["source"] for row in data["rows"]} >= {"coditect-master", "coditect-core"}
+
+
+def test_a_store_from_before_002_gets_its_folders_and_sources(fresh_stack, cli):
+    """Upgrading a store migrated by a ctx without record_sources: 002 registers each source's folder and each
+    record's own file; `ctx validate` names what is missing until the next migrate, which changes no record."""
+    from coditect_ctx.stores import postgres as pg
+
+    from .conftest import SAMPLES
+
+    demo = SAMPLES / "coditect-demo"
+    assert run_migrate(fresh_stack, [demo]).exit_code == 0
+    with Store(fresh_stack) as store:
+        with store.pg() as conn:  # the store as the older ctx left it
+            conn.execute("DROP TABLE record_sources, source_folders")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 2")
+            conn.commit()
+        assert pg.migrate_schema(store.pg_url) == ["002_record_sources"]
+        with store.pg() as conn:
+            folders = conn.execute("SELECT count(*) FROM source_folders").fetchone()[0]
+            registered = conn.execute("SELECT count(*) FROM submodule_registry").fetchone()[0]
+            unsourced = conn.execute(
+                """SELECT count(*) FROM sessions s WHERE NOT EXISTS
+                   (SELECT 1 FROM record_sources rs WHERE rs.record_type = 'session' AND rs.record_identity = s.identity)"""
+            ).fetchone()[0]
+    assert folders == registered > 1 and unsourced == 0
+    before = json.loads(cli(fresh_stack, "validate", "--json").stdout)
+    assert all(not (r["only_in_files"] or r["only_in_postgres"] or r["content_differs"]) for r in before["rows"])
+    again = run_migrate(fresh_stack, [demo])
+    assert all(t["imported"] == 0 and t["updated"] == 0 for t in again.totals().values()), again.totals()
+    assert _validate_exit(cli, fresh_stack) == 0
