@@ -10,6 +10,7 @@ The last test stops the registry.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -22,9 +23,13 @@ import sys
 import tarfile
 import tempfile
 import time
+import uuid
+import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -59,10 +64,13 @@ class Registry:
                     pass
 
 
-def _answers(url: str) -> bool:
+def _answers(address: str) -> bool:
+    """Does the registry answer (200, or 401 when it wants a login)?"""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=2) as response:
             return response.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
     except OSError:
         return False
 
@@ -80,52 +88,72 @@ def _with_fresh_layer(client, image: str, name: str) -> None:
     client.images.build(fileobj=context, custom_context=True, tag=name, rm=True, pull=False)
 
 
-@pytest.fixture(scope="module")
-def registry(test_images):
-    """A Distribution registry of its own (config file, temp storage, free port) holding the three test images."""
-    import docker
-
+@contextmanager
+def running_registry(auth: tuple[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`docker-registry serve` with a config file of its own, temp storage and a free 127.0.0.1 port; with `auth`
+    (user, password) it wants a login (htpasswd). Yields its address and process; removed at the end."""
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
         pytest.fail("no docker-registry binary: `apt-get install docker-registry` (.ci/docker.sh installs it)")
     root = Path(tempfile.mkdtemp(prefix="ctx-registry-"))
     address = f"127.0.0.1:{free_port()}"
-    config = root / "config.yml"
-    config.write_text(
+    config = (
         "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: {address}\n"
     )
+    if auth:
+        import bcrypt
+
+        (root / "htpasswd").write_text(f"{auth[0]}:{bcrypt.hashpw(auth[1].encode(), bcrypt.gensalt()).decode()}\n")
+        config += f"auth:\n  htpasswd:\n    realm: ctx-test\n    path: {root / 'htpasswd'}\n"
+    (root / "config.yml").write_text(config)
     log = open(root / "registry.log", "wb")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
-            if _answers(f"http://{address}/v2/") or process.poll() is not None:
+            if _answers(address) or process.poll() is not None:
                 break
             time.sleep(0.2)
-        assert _answers(f"http://{address}/v2/"), (root / "registry.log").read_text()[-2000:]
-        client = docker.from_env()
-        images = {key: test_images[key] for key in IMAGE_KEYS.values()}
-        redis = IMAGE_KEYS["redis"]
-        images[redis] = images[redis].replace("ctx-test/redis:", "ctx-test/redis-pull:")
-        _with_fresh_layer(client, test_images[redis], f"{address}/{images[redis]}")
-        digests = {}
-        for key, image in images.items():
-            repository, _, tag = f"{address}/{image}".rpartition(":")
-            if key != redis:
-                client.images.get(image).tag(repository, tag)
-            for message in client.api.push(repository, tag, stream=True, decode=True):
-                assert "error" not in message, message
-                digests[key] = (message.get("aux") or {}).get("Digest", digests.get(key))
-        made = Registry(address, process, images, digests)
-        made.untag()  # the redis image with it: its last layer is now only in the registry
-        yield made
-        made.untag()
+        assert _answers(address), (root / "registry.log").read_text()[-2000:]
+        yield address, process
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _push(client, address: str, images: dict[str, str], auth_config: dict | None = None) -> dict[str, str]:
+    """Push each image (already tagged `address/...`, or tagged so here) and return the registry's digests."""
+    digests = {}
+    for key, image in images.items():
+        repository, _, tag = f"{address}/{image}".rpartition(":")
+        try:
+            client.images.get(f"{repository}:{tag}")
+        except Exception:
+            client.images.get(image).tag(repository, tag)
+        for message in client.api.push(repository, tag, stream=True, decode=True, auth_config=auth_config):
+            assert "error" not in message, message
+            digests[key] = (message.get("aux") or {}).get("Digest", digests.get(key))
+    return digests
+
+
+@pytest.fixture(scope="module")
+def registry(test_images):
+    """A registry holding the three test images (redis with a fresh layer of its own)."""
+    import docker
+
+    with running_registry() as (address, process):
+        client = docker.from_env()
+        images = {key: test_images[key] for key in IMAGE_KEYS.values()}
+        redis = IMAGE_KEYS["redis"]
+        images[redis] = images[redis].replace("ctx-test/redis:", "ctx-test/redis-pull:")
+        _with_fresh_layer(client, test_images[redis], f"{address}/{images[redis]}")
+        made = Registry(address, process, images, _push(client, address, images))
+        made.untag()  # the redis image with it: its last layer is now only in the registry
+        yield made
+        made.untag()
 
 
 @pytest.fixture
@@ -276,3 +304,46 @@ def test_a_stopped_registry_is_a_clear_error_and_nothing_is_created(registry, st
     assert registry.name(registry.images[IMAGE_KEYS["postgres"]]) in text
     assert "CTX_DOCKER_REGISTRY" in text and "--no-pull" in text and "Traceback" not in text
     assert _our_resources(settings) == NOTHING
+
+
+def test_a_registry_that_wants_a_login_is_named_and_dockers_own_credentials_are_used(test_images, tmp_path):
+    import docker
+
+    login = ("ctx-test", uuid.uuid4().hex)
+    images = {key: test_images[key] for key in IMAGE_KEYS.values()}
+    settings = make_settings(_short_tmp("ctx-p-"), runtime="docker", docker_network_mode="host")
+    with running_registry(auth=login) as (address, _):
+        client = docker.from_env()
+        names = [f"{address}/{image}" for image in images.values()]
+        try:
+            _push(client, address, images, auth_config={"username": login[0], "password": login[1]})
+            for name in names:
+                client.api.remove_image(name)
+            no_login = tmp_path / "no-login"
+            no_login.mkdir()
+            env = ctx_env(settings, images, CTX_DOCKER_REGISTRY=address, DOCKER_CONFIG=str(no_login))
+            refused = ok(run_ctx(env, "setup", "--runtime", "docker"), 2)
+            text = " ".join(refused.stderr.split())
+            assert f"Error: postgres: registry {address} wants credentials for {names[0]}" in text
+            assert f"docker login {address}" in text and "Traceback" not in text
+            assert _our_resources(settings) == NOTHING
+
+            logged_in = tmp_path / "logged-in"  # what `docker login` writes (no credential helper here)
+            logged_in.mkdir()
+            token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+            (logged_in / "config.json").write_text(json.dumps({"auths": {address: {"auth": token}}}))
+            with socket.socket() as squatter:  # setup stops right after the pulls, at the taken port
+                squatter.bind(("127.0.0.1", settings.pg_port))
+                squatter.listen()
+                pulled = ok(run_ctx({**env, "DOCKER_CONFIG": str(logged_in)}, "setup", "--runtime", "docker"), 3)
+            assert [line.split(" (")[0] for line in pulled.stderr.splitlines() if ": pulled " in line] == [
+                f"{service}: pulled {name}" for service, name in zip(SERVICES, names)]
+            assert login[1] not in pulled.stderr
+        finally:
+            for name in names:
+                try:
+                    client.api.remove_image(name)
+                except docker.errors.ImageNotFound:
+                    pass
+            remove_ours(settings)
+            shutil.rmtree(settings.home, ignore_errors=True)
