@@ -38,6 +38,7 @@ from .errors import ConfigError, DataError, ServiceError, UsageError
 from .stores import Store
 from .stores import postgres as pg
 from .kinds import COLLECTIONS, TABLES
+from .points import reach
 from .runtime.base import Progress
 
 FORMAT = "ctx-backup/1"
@@ -235,6 +236,7 @@ def _write_backup(settings: Settings, root: Path, name: str, partial: Path, star
         }
         report(f"backup: writing {partial}")
         wanted = _dump_postgres(store, partial, manifest, report)
+        reach("backup-dump")
         _export_chroma(store, partial, manifest, wanted, progress)
     manifest["files"] = {
         str(p.relative_to(partial)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}

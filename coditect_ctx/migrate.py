@@ -40,6 +40,7 @@ from .ingest.records import (
 from .ingest.redact import redact, redact_local_path, redact_record
 from .stores import Store
 from .kinds import KINDS, TABLES, WRITE_ORDER
+from .points import reach
 from .stores import postgres as pg
 from .vectors import EmbedResult, count_pending, embed_pending
 
@@ -728,6 +729,7 @@ def _migrate(settings: Settings, paths: list[Path], submodule: str | None, dry_r
     batch = read_sources(paths, submodule, report, on_progress, related)
     audits = redact_batch(batch, report)
     report.seconds["read"] = time.monotonic() - t0
+    reach("migrate-read")
     try:
         t1 = time.monotonic()
         with store.pg() as conn:
@@ -737,6 +739,7 @@ def _migrate(settings: Settings, paths: list[Path], submodule: str | None, dry_r
                     report.data_generation = pg.bump_generation(conn)
                 if dry_run:
                     raise _Rollback()
+                reach("migrate-write")
     except _Rollback:
         pass
     report.seconds["write"] = time.monotonic() - t1
@@ -745,6 +748,7 @@ def _migrate(settings: Settings, paths: list[Path], submodule: str | None, dry_r
         report.seconds["total"] = time.monotonic() - t0
         return report
     if embed:
+        reach("migrate-committed")
         t2 = time.monotonic()
         result = EmbedResult()
         try:

@@ -23,6 +23,7 @@ from .backup import (
 from .config import Settings
 from .errors import CtxError, DataError, SchemaError, UsageError
 from .kinds import COLLECTIONS, TABLES
+from .points import reach
 from .stores import Store
 from .stores import postgres as pg
 from .stores.chroma import Chroma
@@ -178,6 +179,7 @@ def restore_chroma(chroma: Chroma, folder: Path, manifest: dict, prefix: str, pr
             _upsert(chroma, target, batch)
             done += len(batch)
             progress("restoring vectors", done, total)
+        reach("restore-load")
 
 
 def _upsert(chroma: Chroma, name: str, batch: list[tuple]) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .kinds import COLLECTIONS, KINDS, TABLES, WRITE_ORDER, Kind
+from .points import reach
 from .stores import Store
 from .stores.chroma import vector_id, vector_metadata
 
@@ -133,6 +134,7 @@ def embed_pending(
                     store.chroma.delete(collection, where={"record_id": {"$in": stale}})
                 if ids:
                     store.chroma.upsert(collection, ids, vectors, metas, docs)
+                reach("embed-upserted")
                 with conn.transaction():
                     with conn.cursor() as cur:
                         cur.executemany(
@@ -140,6 +142,7 @@ def embed_pending(
                             f"WHERE id = %s AND content_sha256 = %s",
                             [(r[4], counts[r[0]], r[0], r[4]) for r in batch],
                         )
+                reach("embed-batch")
                 return len(batch), len(ids)
 
             def stored(written: tuple[int, int], kind=kind) -> int:

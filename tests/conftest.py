@@ -169,17 +169,21 @@ def write_hostile_source(home: Path) -> Path:
     return repo
 
 
-def vectors_by_identity(store, ids: dict[str, str]) -> dict[str, list[tuple[str, str, str]]]:
-    """Every vector per kind as (record identity, chunk no, content sha): comparable across stores, whose row
-    uuids (and so vector ids) differ. `ids` maps row uuid -> identity; a vector of no known row shows as '?'."""
+def vectors_by_identity(store, ids: dict[str, str]) -> dict[str, list[tuple[str, str, str, str]]]:
+    """Every vector per kind as (record identity, chunk no, content sha, sha256 of its document): comparable across
+    stores, whose row uuids (and so vector ids) differ. `ids` maps row uuid -> identity; a vector of no known row
+    shows as '?'."""
+    import hashlib
+
     from coditect_ctx.kinds import COLLECTIONS
     from coditect_ctx.stores.chroma import record_id_of
 
     out = {}
     for kind, name in COLLECTIONS.items():
         vectors = []
-        for page in store.chroma.iter_all(name, include=("metadatas",)):
-            for vid, meta in zip(page["ids"], page["metadatas"]):
-                vectors.append((ids.get(record_id_of(vid), "?"), vid.rsplit(":", 1)[1], meta["sha"]))
+        for page in store.chroma.iter_all(name, include=("metadatas", "documents")):
+            for vid, meta, doc in zip(page["ids"], page["metadatas"], page["documents"]):
+                vectors.append((ids.get(record_id_of(vid), "?"), vid.rsplit(":", 1)[1], meta["sha"],
+                                hashlib.sha256((doc or "").encode()).hexdigest()))
         out[kind] = sorted(vectors)
     return out

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,6 @@ from coditect_ctx.runtime import procs
 from coditect_ctx.runtime.local import LocalRuntime
 from coditect_ctx.stores import Store
 from coditect_ctx.stores.chroma import COLLECTIONS
-from coditect_ctx.validate import run_validate
 
 from .conftest import (
     CORPUS, HOSTILE_LEAKS, SAMPLES, _start, _short_tmp, make_settings, settings_env, vectors_by_identity,
@@ -293,33 +290,6 @@ def test_validate_sees_content_changed_behind_its_back(fresh_stack, cli):
     assert any("ctx migrate" in u for u in data["unrepairable"])
     run_migrate(fresh_stack, [DEMO])  # the files win again
     assert cli(fresh_stack, "validate").exit_code == 0
-
-
-def test_killed_migrate_rerun_matches_uninterrupted_run(models_dir, tmp_path):
-    """A real SIGKILL at several moments of a real run; each rerun must end where a clean run ends."""
-    source = CORPUS / "coditect-core" if CORPUS.is_dir() else DEMO
-    reference = make_settings(_short_tmp("ctx-ref-"))
-    _start(reference, models_dir)
-    victim = make_settings(_short_tmp("ctx-kill-"))
-    _start(victim, models_dir)
-    try:
-        assert run_migrate(reference, [source]).exit_code == 0
-        expected = _snapshot(reference)
-        env = {**os.environ, **settings_env(victim)}
-        for delay in (0.3, 1.5, 3.0, 6.0):
-            proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(source), "--json"], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-            time.sleep(delay)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        rerun = run_migrate(victim, [source])
-        assert rerun.exit_code == 0
-        assert _snapshot(victim) == expected
-        assert run_validate(victim).ok
-    finally:
-        stack_job.down(reference, volumes=True)
-        stack_job.down(victim, volumes=True)
 
 
 # -- the real corpus -----------------------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""Named points where a crash matters: a test seam, so tests kill a real `ctx` run exactly there.
+
+With `CTX_PAUSE_AT=<name>` in its environment, a run that reaches that point prints `point: <name>` on stderr and
+sleeps there until it is killed (tests send SIGKILL, then check that a rerun ends as an uninterrupted run does).
+Unset, as always outside the tests, `reach` is one environment lookup. Below every job: imports nothing of ctx.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+POINTS = {
+    "migrate-read": "migrate: every file read and redacted, nothing written",
+    "migrate-write": "migrate: rows upserted inside the PostgreSQL transaction, not committed",
+    "migrate-committed": "migrate: the transaction committed, nothing embedded",
+    "embed-batch": "migrate: one embedding batch stored and marked, the next not started",
+    "embed-upserted": "migrate: a batch's vectors upserted into Chroma, its rows not yet marked embedded",
+    "backup-dump": "backup: PostgreSQL dumped into the partial folder, vectors not exported",
+    "restore-load": "restore: PostgreSQL replaced and one collection reloaded, the others not",
+}
+
+
+def reach(name: str) -> None:
+    if os.environ.get("CTX_PAUSE_AT") != name:
+        return
+    sys.stderr.write(f"point: {name}\n")
+    sys.stderr.flush()
+    while True:  # held here until the test kills the process
+        time.sleep(60)
