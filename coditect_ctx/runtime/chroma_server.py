@@ -18,6 +18,7 @@ TOKEN_PROVIDER = "chromadb.auth.token_authn.TokenAuthenticationServerProvider"
 # The docker runtime's default image: the official chromadb/chroma image runs `chroma run` only (no Python), so ctx
 # cannot make it check a token. Any image with python3, chromadb and these packages serves; this one is built with
 # `image_build_command()` (the setup error for a missing image prints it).
+LOCAL_IMAGE = "ctx-chroma"  # the default image's name (config.py): built locally, never pulled
 IMAGE_RECIPE = (
     "FROM python:3.11-slim\n"
     "RUN pip install --no-cache-dir chromadb=={version} fastapi uvicorn opentelemetry-instrumentation-fastapi\n"

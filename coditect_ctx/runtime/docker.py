@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..errors import ConfigError, ServiceError, UsageError
+from . import chroma_server
 from .base import (
     SERVICES, Endpoints, Progress, Runtime, ServiceStatus, loopback_endpoints, port_in_use, require_free_port,
     wait_until,
@@ -65,6 +66,7 @@ class ContainerSpec:
     mem_limit: str
     network_mode: str  # "host" or "" (a bridge network of our own, ports published on 127.0.0.1)
     health_timing: dict[str, Any] = field(default_factory=lambda: dict(HEALTH_TIMING))
+    entrypoint: list[str] | None = None  # None: the image's own
 
     def digest(self) -> str:
         """Changes whenever the container would be created differently (then it is recreated; data stays)."""
@@ -82,8 +84,13 @@ def resource_name(settings: Settings, service: str | None = None) -> str:
 
 
 def image_refs(settings: Settings) -> dict[str, ImageRef]:
-    """The image each service runs: its setting, through the mirror of CTX_DOCKER_REGISTRY when one is set."""
-    return {service: resolve(getattr(settings, setting), settings.docker_registry, env_name(setting))
+    """The image each service runs: its setting, through the mirror of CTX_DOCKER_REGISTRY when one is set (never
+    for ctx's own Chroma image, which is built on this machine)."""
+    def mirror(setting: str) -> str:
+        local = setting == "docker_chroma_image" and settings.docker_chroma_image.startswith(chroma_server.LOCAL_IMAGE + ":")
+        return "" if local else settings.docker_registry
+
+    return {service: resolve(getattr(settings, setting), mirror(setting), env_name(setting))
             for service, setting in IMAGE_SETTINGS.items()}
 
 
@@ -98,10 +105,10 @@ def container_specs(settings: Settings) -> dict[str, ContainerSpec]:
         pg_command += ["-c", f"port={ports['postgres']}", "-c", "listen_addresses=127.0.0.1"]
     pg_health = f'pg_isready -q -h 127.0.0.1 -p {ports["postgres"]} -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 
-    # The official chroma image has neither curl nor python: ask for the heartbeat with bash's /dev/tcp.
+    # Chroma images need not have curl: ask for the heartbeat with bash's /dev/tcp (HTTP/1.1: the server refuses 1.0).
     chroma_health = (
         f"exec 3<>/dev/tcp/127.0.0.1/{ports['chroma']}"
-        ' && printf "GET /api/v2/heartbeat HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n" >&3'
+        ' && printf "GET /api/v2/heartbeat HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n" >&3'
         ' && read -r status <&3 && [[ $status == *" 200 "* ]]'
     )
 
@@ -136,8 +143,10 @@ def container_specs(settings: Settings) -> dict[str, ContainerSpec]:
         "chroma": ContainerSpec(
             service="chroma",
             image=images["chroma"],
-            command=["run", "--path", DATA_PATHS["chroma"], "--host", listen, "--port", str(ports["chroma"])],
-            environment={},
+            # chromadb's token-checking Python server, as in the local runtime (`chroma run` checks no token)
+            entrypoint=chroma_server.container_entrypoint(),
+            command=["--host", listen, "--port", str(ports["chroma"])],
+            environment=chroma_server.server_env(DATA_PATHS["chroma"], token=settings.chroma_token),
             host_port=settings.chroma_port,
             container_port=ports["chroma"],
             volume_target=DATA_PATHS["chroma"],
@@ -310,18 +319,26 @@ class DockerRuntime(Runtime):
         """Pull the images the engine lacks (CTX_DOCKER_PULL=missing), or name how to get them (never)."""
         client = engine_client()
         specs = container_specs(self.settings)
+        refs = image_refs(self.settings)
+        chroma_image = self.settings.docker_chroma_image
+        if chroma_image.startswith(chroma_server.LOCAL_IMAGE + ":") and not present(client, refs["chroma"]):
+            raise ServiceError(  # no registry serves it: it is built on this machine
+                f"chroma: image {chroma_image} is not on this machine; it is built, not pulled",
+                hint=f"Build it: `{chroma_server.image_build_command(chroma_image)}` (the official chromadb/chroma "
+                "image cannot check a token), or set CTX_DOCKER_CHROMA_IMAGE to an image with chromadb's Python server.",
+                service="chroma",
+            )
         if check_pull_mode(self.settings) == "never":
             self._require_images(client, specs)
             return
-        refs = image_refs(self.settings)
         pull_all(client, {service: (env_name(IMAGE_SETTINGS[service]), refs[service]) for service in specs},
                  report, progress)
 
     def start(self, report: Callable[[str], None] = lambda msg: None) -> None:
         s = self.settings
-        if not s.pg_password or (not s.cache_disabled and not s.redis_password):
+        if not s.pg_password or not s.chroma_token or (not s.cache_disabled and not s.redis_password):
             raise ConfigError(
-                "The docker runtime needs CTX_PG_PASSWORD and CTX_REDIS_PASSWORD",
+                "The docker runtime needs CTX_PG_PASSWORD, CTX_CHROMA_TOKEN and CTX_REDIS_PASSWORD",
                 hint="Run `ctx setup`: it generates them into $CTX_HOME/.env.",
             )
         client = engine_client()
@@ -410,6 +427,7 @@ class DockerRuntime(Runtime):
         return client.containers.create(
             image=spec.image,
             command=spec.command,
+            entrypoint=spec.entrypoint,
             name=resource_name(self.settings, spec.service),
             environment=spec.environment,
             labels={**self.labels(spec.service), LABEL_SPEC: spec.digest(), LABEL_PORT: str(spec.host_port)},
