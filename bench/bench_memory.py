@@ -4,7 +4,7 @@ Usage: python bench/bench_memory.py [--mb 20] [PATH ...]   (default baseline: th
 
 Starts a fresh store in a temporary CTX_HOME (local runtime, free ports), runs `ctx migrate` as a child process on
 the baseline, then on a generated MEMORY-CONTEXT whose one session file is a single line of `--mb` megabytes of
-words, and prints each child's peak resident memory (ru_maxrss from wait4), wall time, vectors, and the ratio to the
+words, and prints each run's own peak resident memory (tests/conftest.run_measured), wall time, vectors, and the ratio to the
 baseline. The bound to hold: under 1 GB on any input (CTX_EMBED_MAX_CHUNKS caps a record's vectors).
 """
 
@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from coditect_ctx import stack  # noqa: E402
-from tests.conftest import make_settings, settings_env  # noqa: E402
+from tests.conftest import make_settings, run_measured, settings_env  # noqa: E402
 
 WORDS = ("retry policy chroma client embedding batch redis cache eviction schema migration session checkpoint "
          "postgres vector search index token window pool exhaustion deploy staging rollback latency").split()
@@ -41,19 +40,14 @@ def absurd_source(folder: Path, mb: int) -> Path:
 
 
 def migrate_peak(settings, path: Path) -> tuple[float, float, dict]:
-    """Peak RSS (MB) and wall seconds of one `ctx migrate PATH --json` child, and its report."""
+    """Peak RSS (MB) and wall seconds of one `ctx migrate PATH --json` process, and its report."""
     env = {**os.environ, **settings_env(settings)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(path), "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    out = proc.stdout.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    code, out, err, peak = run_measured([sys.executable, "-m", "coditect_ctx", "migrate", str(path), "--json"], env)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    report = json.loads(out) if out.strip() else {}
-    if proc.returncode != 0:
-        print(f"  (exit {proc.returncode}: {report.get('embed_error') or report.get('error')})")
-    return usage.ru_maxrss / 1024, wall, report  # ru_maxrss is in KiB on Linux
+    if code != 0:
+        print(f"  ({path.name}: exit {code}: {err.strip()[-300:]})", flush=True)
+    return peak, wall, json.loads(out) if out.strip() else {}
 
 
 def main() -> None:
@@ -72,7 +66,7 @@ def main() -> None:
         huge = absurd_source(scratch / "absurd", args.mb)
         rows.append((f"one {args.mb} MB line", *migrate_peak(settings, huge)))
         base = rows[0][1]
-        print(f"ctx migrate peak memory (ru_maxrss of the child), fresh store, CTX_EMBED_MAX_CHUNKS="
+        print(f"ctx migrate peak memory (its own ru_maxrss), fresh store, CTX_EMBED_MAX_CHUNKS="
               f"{settings.embed_max_chunks}")
         for name, peak, wall, report in rows:
             print(f"  {name:<22} peak {peak:7.0f} MB  ({peak / base:4.2f}x baseline)  wall {wall:6.1f} s  "

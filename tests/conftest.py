@@ -187,3 +187,30 @@ def vectors_by_identity(store, ids: dict[str, str]) -> dict[str, list[tuple[str,
                                 hashlib.sha256((doc or "").encode()).hexdigest()))
         out[kind] = sorted(vectors)
     return out
+
+
+# A child's ru_maxrss counts the memory of the process it was forked from (Linux keeps the old mm's high-water mark
+# across fork and exec), and the tests and benches hold the model: the command runs as a grandchild of this small
+# launcher instead, which reports that grandchild's own peak.
+_MEASURE = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
+)
+
+
+def run_measured(argv: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
+    """Run `argv`: its exit code, stdout, stderr and peak resident memory in MB (its own, not ours)."""
+    import subprocess
+    import sys
+
+    with tempfile.NamedTemporaryFile("r", suffix=".maxrss") as peak:
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, peak.name, *argv], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+        kib = peak.read().strip()
+    return proc.returncode, proc.stdout, proc.stderr, (int(kib) / 1024 if kib else float("nan"))
+

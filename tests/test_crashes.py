@@ -19,7 +19,7 @@ from coditect_ctx.points import POINTS
 from coditect_ctx.stores import Store
 from coditect_ctx.vectors import count_pending
 
-from .conftest import SAMPLES, _short_tmp, _start, make_settings, settings_env
+from .conftest import SAMPLES, _short_tmp, _start, make_settings, run_measured, settings_env
 from .test_migrate import _snapshot
 
 DEMO = SAMPLES / "coditect-demo"
@@ -37,21 +37,10 @@ def _absurd_source(folder: Path) -> tuple[Path, str]:
     return folder, line
 
 
-def _run_measured(settings, *args: str, extra_env: dict | None = None) -> tuple[int, str, float]:
-    """Exit code, stdout and peak resident memory (MB, from wait4) of one real `ctx` child."""
-    env = {**os.environ, **settings_env(settings), **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out, usage.ru_maxrss / 1024
-
-
 def test_an_absurd_record_embeds_its_first_chunks_only_in_bounded_memory(fresh_stack, tmp_path):
     source, line = _absurd_source(tmp_path / "absurd")
-    code, out, peak_mb = _run_measured(fresh_stack, "migrate", str(source), "--json",
-                                       extra_env={"CTX_EMBED_MAX_CHUNKS": "16"})
+    env = {**os.environ, **settings_env(fresh_stack), "CTX_EMBED_MAX_CHUNKS": "16"}
+    code, out, _err, peak_mb = run_measured([sys.executable, "-m", "coditect_ctx", "migrate", str(source), "--json"], env)
     report = json.loads(out)
     assert code == 0, report
     assert report["embedded_records"] == 1 and report["embedded_vectors"] == 16
