@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
 from .config import Settings
-from .errors import UsageError
+from .errors import ServiceError, UsageError
 from .fusion import weighted_rrf
 from .kinds import COLLECTIONS, KINDS, NAMES, Kind
 from .stores.cache import Cache, cache_key
@@ -57,6 +57,10 @@ CHUNK_FANOUT = 3
 TRIGRAM_THRESHOLD = 0.3
 # Part of every cache key: change it whenever ranking or output changes, so old cached pages are not served.
 SEARCH_VERSION = "search-v1"
+# Chroma answers a search query in well under a second; one that takes longer than this many connect timeouts
+# (CTX_TIMEOUT) is hung, and the search answers from PostgreSQL alone rather than wait CTX_CHROMA_READ_TIMEOUT,
+# which is sized for bulk writes.
+SEARCH_READ_TIMEOUTS = 4
 
 _HL_START, _HL_STOP = "\ue000", "\ue001"
 _HEADLINE_OPTS = (f'StartSel="{_HL_START}", StopSel="{_HL_STOP}", MaxWords=16, MinWords=6, '
@@ -117,6 +121,8 @@ class SearchResult:
     candidates: dict[str, int]  # candidates each engine brought before fusion
     cache: str = "miss"  # "miss", "hit" (result from Redis) or "off" (Redis disabled or down)
     seconds: float = 0.0
+    degraded: list[str] = field(default_factory=list)  # engines that could not run ("semantic": Chroma down or hung)
+    degraded_reason: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -324,6 +330,7 @@ class Searcher:
         self._own_store = store is None
         self._conn = None
         self._cache: Cache | None = None
+        self._chroma = None
         self._embedder = None
 
     # connections, opened on first use
@@ -331,6 +338,13 @@ class Searcher:
         if self._conn is None or self._conn.closed:
             self._conn = self.store.pg(autocommit=True)
         return self._conn
+
+    @property
+    def chroma(self):
+        """A Chroma client whose reads are bounded for queries (SEARCH_READ_TIMEOUTS x CTX_TIMEOUT), not bulk writes."""
+        if self._chroma is None:
+            self._chroma = self.store.open_chroma(read_timeout=SEARCH_READ_TIMEOUTS * self.settings.timeout)
+        return self._chroma
 
     @property
     def cache(self) -> Cache:
@@ -345,6 +359,9 @@ class Searcher:
             self._conn = None
         if self._cache is not None:
             self._cache.close()
+        if self._chroma is not None:
+            self._chroma.close()
+            self._chroma = None
         if self._own_store:
             self.store.close()
 
@@ -381,19 +398,24 @@ class Searcher:
         else:
             result = self._run(query, generation, cache, timings)
             result.cache = "miss" if cache.enabled else "off"
-            cache.set_json(result_key, result.as_dict())
+            if not result.degraded:  # a partial answer is never served again once the engine is back
+                cache.set_json(result_key, result.as_dict())
         result.seconds = round(time.perf_counter() - started, 4)
         page = None
         if render is not None:
             page = render(result)
-            cache.set_bytes(page_key, page.encode("utf-8"))
+            if not result.degraded:
+                cache.set_bytes(page_key, page.encode("utf-8"))
         timings["total"] = time.perf_counter() - started
         return SearchOutcome(result, page, timings=timings)
 
-    def engine_rankings(self, query: SearchQuery, cache: Cache | None = None, timings: dict | None = None
+    def engine_rankings(self, query: SearchQuery, cache: Cache | None = None, timings: dict | None = None,
+                        degraded: dict[str, str] | None = None,
                         ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, dict[tuple[str, str], float]]]:
         """Each engine's best-first candidates as (type, id) keys, and their raw scores (before fusion).
 
+        With Chroma down or hung, a hybrid search goes on without the semantic ranking and says why in `degraded`
+        ({"semantic": reason}); a semantic-only search cannot, and raises ServiceError suggesting --mode text.
         Public for the benchmark, which tunes the fusion on these lists without re-running the engines.
         """
         cache = cache if cache is not None else Cache(None)
@@ -422,14 +444,26 @@ class Searcher:
             vector = embedding.result()
             timings["embed_wait"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            found = self._vector_candidates(query, vector, n)
-            rankings["semantic"] = [key for key, _ in found]
-            raw["semantic"] = dict(found)
+            try:
+                found = self._vector_candidates(query, vector, n)
+            except ServiceError as exc:
+                if query.mode == "semantic":
+                    raise ServiceError(f"semantic search needs Chroma: {exc.message}", service="chroma",
+                                       hint="`ctx search --mode text` answers from PostgreSQL alone (full text + "
+                                            "trigram); `ctx health` shows Chroma's state, `ctx setup` starts it.") from exc
+                if degraded is None:
+                    raise
+                degraded["semantic"] = exc.message
+                found = []
+            else:
+                rankings["semantic"] = [key for key, _ in found]
+                raw["semantic"] = dict(found)
             timings["semantic"] = time.perf_counter() - t0
         return rankings, raw
 
     def _run(self, query: SearchQuery, generation: int, cache: Cache, timings: dict) -> SearchResult:
-        rankings, raw = self.engine_rankings(query, cache, timings)
+        degraded: dict[str, str] = {}
+        rankings, raw = self.engine_rankings(query, cache, timings, degraded)
         relaxed = relaxed_text(query.text)
         fused = weighted_rrf(rankings, WEIGHTS, RRF_K)[: query.limit]
         t0 = time.perf_counter()
@@ -446,7 +480,8 @@ class Searcher:
             hits.append(Hit(len(hits) + 1, f.key[0], f.key[1], _one_line(title), submodule,
                             date.isoformat() if date else None, snippet, spans, round(f.score, 6), scores))
         return SearchResult(query.text, query.mode, query.filters(), query.limit, generation, hits,
-                            {e: len(r) for e, r in rankings.items()})
+                            {e: len(r) for e, r in rankings.items()}, degraded=sorted(degraded),
+                            degraded_reason="; ".join(degraded.values()) or None)
 
     def _query_vector(self, text: str, cache: Cache) -> list[float]:
         from .embed import MODEL_ID, QueryEmbedder
@@ -469,7 +504,7 @@ class Searcher:
         best: dict[tuple[str, str], float] = {}
         for name in query.types:
             try:
-                answer = self.store.chroma.query(COLLECTIONS[name], vector, n_results=n * CHUNK_FANOUT, where=where,
+                answer = self.chroma.query(COLLECTIONS[name], vector, n_results=n * CHUNK_FANOUT, where=where,
                                                  include=("distances",))
             except ChromaHTTPError as exc:
                 if exc.status in (400, 404):  # collection not created yet: nothing to find there

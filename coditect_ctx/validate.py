@@ -65,6 +65,7 @@ class ValidateReport:
     repaired: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
     files_checked: bool = True
+    unreachable: list[str] = field(default_factory=list)  # services that did not answer: their checks were not made
 
     @property
     def ok(self) -> bool:
@@ -72,13 +73,15 @@ class ValidateReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 5
+        """3 when a service could not be checked (no verdict on it), else 0 when all agree, 5 when not."""
+        return 3 if self.unreachable else 0 if self.ok else 5
 
     def as_dict(self) -> dict:
         return {
             "ok": self.ok, "files_checked": self.files_checked,
             "rows": [{**r.__dict__, "ok": r.ok} for r in self.rows],
             "problems": self.problems, "repaired": self.repaired, "unrepairable": self.unrepairable,
+            "unreachable": self.unreachable,
         }
 
 
@@ -164,7 +167,7 @@ def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
                 by_id[rid] = (kind, sha if emb_sha == sha else "", chunks)
         orphans: dict[str, list[str]] = defaultdict(list)
         per_record: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for kind, items in vectors.items():
+        for kind, items in (vectors or {}).items():
             for vid, meta in items:
                 rid = record_id_of(vid)
                 owner = by_id.get(rid)
@@ -191,6 +194,8 @@ def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
                 if emb_sha != sha:
                     row.not_embedded += 1
                     continue
+                if vectors is None:  # Chroma did not answer: nothing to compare the row's vectors with
+                    continue
                 if have:
                     row.chroma_records += 1
                     row.chroma_vectors += len(have)
@@ -204,14 +209,18 @@ def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
         for kind, ids in orphans.items():
             if ids:
                 report.rows.append(Row(source="(none)", kind=kind, orphan_vectors=len(ids)))
-        if repair:
+        if repair and vectors is not None:
             _repair(store, report, orphans, surplus)
+        elif repair:
+            report.unrepairable.append("nothing repaired: Chroma did not answer (`ctx setup` starts it; then run "
+                                       "`ctx validate --repair` again)")
     finally:
         store.close()
     return report
 
 
-def _scan_chroma(store: Store, report: ValidateReport) -> dict[str, list[tuple[str, dict]]]:
+def _scan_chroma(store: Store, report: ValidateReport) -> dict[str, list[tuple[str, dict]]] | None:
+    """Every vector's id and metadata per kind; None when Chroma does not answer (said in the report)."""
     out: dict[str, list[tuple[str, dict]]] = {}
     try:
         for kind, name in COLLECTIONS.items():
@@ -223,7 +232,9 @@ def _scan_chroma(store: Store, report: ValidateReport) -> dict[str, list[tuple[s
             for page in store.chroma.iter_all(name, include=("metadatas",)):
                 out[kind].extend(zip(page["ids"], page.get("metadatas") or [None] * len(page["ids"])))
     except ServiceError as exc:
-        report.problems.append(f"chroma: {exc.message}")
+        report.problems.append(f"chroma did not answer, PostgreSQL was not compared with it: {exc.message}")
+        report.unreachable.append("chroma")
+        return None
     return out
 
 

@@ -304,3 +304,48 @@ def test_postgres_killed_while_migrate_embeds_is_a_service_error(fresh_stack):
     out, err = proc.communicate(timeout=600)
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     _one_error(proc, 3, "PostgreSQL", "ctx setup")
+
+
+# -- Chroma hung or dead: search answers from PostgreSQL, validate has no verdict ---------------------------
+def _with_chroma_unavailable(settings, how: str):
+    from coditect_ctx.runtime import procs
+    from coditect_ctx.runtime.local import LocalRuntime
+
+    env = {**settings_env(settings), "CTX_TIMEOUT": "1"}
+    pid = procs.read_pid(LocalRuntime(settings).run / "chroma.pid")
+    os.kill(pid, signal.SIGSTOP if how == "hung" else signal.SIGKILL)
+    try:
+        hybrid = _ctx("search", "how should the chroma client retry", "--json", env=env, timeout=120)
+        table = _ctx("search", "how should the chroma client retry", env=env, timeout=120)
+        semantic = _ctx("search", "retry policy", "--mode", "semantic", env=env, timeout=120)
+        text = _ctx("search", "retry policy", "--mode", "text", env=env, timeout=120)
+        validate = _ctx("validate", env=env, timeout=300)
+    finally:
+        if how == "hung":
+            os.kill(pid, signal.SIGCONT)
+    assert hybrid.returncode == 1, hybrid.stderr
+    data = json.loads(hybrid.stdout)
+    assert data["degraded"] == ["semantic"] and data["results"], hybrid.stdout + text.stdout + text.stderr
+    assert all("semantic" not in r["scores"] for r in data["results"])
+    word = "timed out" if how == "hung" else "no answer"
+    assert "warning: no semantic ranking" in hybrid.stderr and word in hybrid.stderr, hybrid.stderr
+    assert table.returncode == 1 and "warning: no semantic ranking" in table.stderr and table.stdout.strip()
+    _one_error(semantic, 3, "semantic search needs Chroma", "--mode text")
+    assert text.returncode == 0 and text.stdout.strip(), text.stderr
+    assert validate.returncode == 3, validate.stdout + validate.stderr
+    assert "chroma did not answer" in validate.stdout and "wrong vector count" not in validate.stdout
+    return env
+
+
+def test_search_and_validate_with_chroma_hung(migrated):
+    env = _with_chroma_unavailable(migrated, "hung")
+    again = _ctx("search", "how should the chroma client retry", "--json", env=env)  # Chroma answers again
+    assert again.returncode == 0 and json.loads(again.stdout)["degraded"] == [], again.stderr  # nothing partial cached
+    assert _ctx("validate", env=env).returncode == 0
+
+
+def test_search_and_validate_with_chroma_dead(migrated):
+    env = _with_chroma_unavailable(migrated, "dead")
+    assert _ctx("setup", env=env).returncode == 0
+    again = _ctx("search", "how should the chroma client retry", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["degraded"] == [], again.stderr

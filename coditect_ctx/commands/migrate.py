@@ -87,7 +87,7 @@ def validate(
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prove the files, PostgreSQL and Chroma agree. Exit 0 only when they all do (5 otherwise).
+    """Prove the files, PostgreSQL and Chroma agree. Exit 0 only when they all do (5 otherwise; 3 when one is down).
 
     --repair changes the store: it holds the writer lock (exit 75 when another command is changing the store)."""
     from ..validate import run_validate
@@ -117,7 +117,9 @@ def _render_validate(report) -> None:
             issues.append("checksum differs")
         rows.append([r.source, r.kind, "-" if r.files is None else r.files, r.postgres, r.chroma_records,
                      r.chroma_vectors, "ok" if r.ok else "; ".join(issues)])
-    out.print(output.table("validate: " + ("all agree" if report.ok else "DISAGREEMENT"),
+    verdict = (f"NOT CHECKED ({', '.join(report.unreachable)} did not answer)" if report.unreachable
+               else "all agree" if report.ok else "DISAGREEMENT")
+    out.print(output.table("validate: " + verdict,
                            ["source", "type", "files", "postgres", "embedded", "vectors", "verdict"], rows))
     for p in report.problems:
         out.print(output.printable(f"problem: {p}"), markup=False)
@@ -125,3 +127,6 @@ def _render_validate(report) -> None:
         out.print(output.printable(f"repaired: {r}"), markup=False)
     for u in report.unrepairable:
         out.print(output.printable(f"not repaired: {u}"), markup=False)
+    if report.unreachable:
+        output.note("Hint: `ctx health` shows which service is down; `ctx setup` starts a stopped store. Then run "
+                    "`ctx validate` again.")

@@ -63,6 +63,10 @@ def _search(get_settings, params: dict) -> None:
     def body() -> int:
         q = make_query(query, **options)
         outcome = run_search(get_settings(), q, render=None if json_out else TableRenderer())
+        degraded = outcome.result.degraded if outcome.result is not None else []
+        if degraded:  # before the results: whoever reads them knows the ranking is partial
+            output.note(output.printable(f"warning: no {' or '.join(degraded)} ranking ({outcome.result.degraded_reason}); "
+                                         "results from PostgreSQL full text and trigram only"))
         if json_out:
             data = outcome.result.as_dict()
             data["results"] = data.pop("hits")
@@ -72,7 +76,7 @@ def _search(get_settings, params: dict) -> None:
             sys.stdout.flush()
         else:
             output.note("No records match.")
-        return 0
+        return 1 if degraded else 0  # partial: cron and scripts notice
 
     output.run(body, json_out)
 
