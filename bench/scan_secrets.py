@@ -58,8 +58,15 @@ def _wordy(value: str) -> bool:
     return bool(value) and sum(len(w) for w in words) >= 0.6 * len(value)
 
 
-def classify(value: str, line: str, prev: str = "") -> str:
-    for name, test in _CLASSES:
+# Detectors that flag any random-looking string or any word like "password": only their findings can be shapes of
+# harmless data. A named-format detector (AWS Access Key, GitHub Token, Slack, Stripe, JWT, Private Key, ...) has
+# matched a real credential's own format, which only a redaction marker explains (its value may be as short as
+# "ghp", the prefix detect-secrets captures, or look "wordy": AKIA...EXAMPLE).
+_GENERIC = {"Hex High Entropy String", "Base64 High Entropy String", "Secret Keyword", "Unquoted High Entropy Token (ours)"}
+
+
+def classify(kind: str, value: str, line: str, prev: str = "") -> str:
+    for name, test in _CLASSES if kind in _GENERIC else _CLASSES[:1]:
         if test(value, line, prev):
             return name
     return "unexplained"
@@ -186,7 +193,7 @@ def scan(groups) -> tuple[Counter, dict, Counter]:
                     if (kind, value) in seen:
                         continue
                     seen.add((kind, value))
-                    cls = classify(value, line, prev)
+                    cls = classify(kind, value, line, prev)
                     counts[(cls, kind)] += 1
                     per_place[(place, cls == "unexplained")] += 1
                     examples[cls].append((kind, value, line))
