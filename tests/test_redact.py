@@ -108,6 +108,8 @@ CASES = [
      "- Password: [REDACTED] (stored in /tmp/pw.txt)"),
     ("password in markdown bold at line end", "**Password:** hunter22", "**Password:** [REDACTED]"),
     ("password in env at line start", "DB_PASSWORD=Winter2025!\nnext", "DB_PASSWORD=[REDACTED]\nnext"),
+    ("password in PostgreSQL's PGPASSWORD in a shell line", "export PGPASSWORD=Winter2025! && psql -h db",
+     "export PGPASSWORD=[REDACTED] && psql -h db"),
     ("password in a JS object", "{email: 'x', password: 'Test1-example!'}", "{email: 'x', password: '[REDACTED]'}"),
     ("password in markdown code", "`export API_KEY=a1b2c3d4e5`", "`export API_KEY=[REDACTED]`"),
     ("password percent-encoded in a query", "https://x.example.com/login?user=a&password=Zq9%40pass&x=1",

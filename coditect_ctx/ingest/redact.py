@@ -17,8 +17,9 @@ google_key     ``AIza[REDACTED]``
 slack_token    ``xoxb-[REDACTED]``
 stripe_key     ``sk_live_[REDACTED]``
 bearer_token   ``Bearer [REDACTED]``
-password       ``"password": "[REDACTED]"``, ``- Password: [REDACTED]``, ``DB_PASSWORD=[REDACTED]`` (a value after
-               a password/secret/token/api_key name that looks like one: letters with a digit or symbol)
+password       ``"password": "[REDACTED]"``, ``- Password: [REDACTED]``, ``DB_PASSWORD=[REDACTED]``,
+               ``PGPASSWORD=[REDACTED]`` (a value after a password/secret/token/api_key name that looks like one:
+               letters with a digit or symbol)
 email          ``[REDACTED-EMAIL]@example.com`` (domain kept; also ``%40``; ``git@host`` remotes are not e-mail)
 phone          ``[REDACTED-PHONE]``
 home_path      ``/Users/[USER]/PROJECTS/...``, ``/home/[USER]/...``, ``C:\\Users\\[USER]\\...``
@@ -80,7 +81,7 @@ def _url_password(m: re.Match) -> str:
 # A password written after its name: ``"password": "..."``, ``- Password: ...``, ``DB_PASSWORD=...``, ``?password=...``.
 # The value must look like one (a letter and a digit or symbol, 6+ characters): ``password: str``, ``password=None``,
 # ``token = make_token(...)`` and templates stay.
-_SECRET_NAME = (r"(?i)((?<![A-Za-z])(?:password|passwd|passphrase|client_secret|secret_key|secret|api[_-]?key"
+_SECRET_NAME = (r"(?i)((?<![A-Za-z])(?:(?:pg)?password|passwd|passphrase|client_secret|secret_key|secret|api[_-]?key"
                 r"|access_token|auth_token|token)(?![A-Za-z])[\"']?\s*(?:[:=]|=>)(?:\*\*)?[ \t]*)")
 _SECRET_VALUE = re.compile(r"(?=.*[A-Za-z])(?=.*[\d!@#$%^&*+=?~/]).{6,}", re.DOTALL)
 _MEMBER_ACCESS = re.compile(r"[\w$]+\??(?:\.[\w$]+\??)+")  # token = authData?.state?.token (code, not a value)
