@@ -357,6 +357,21 @@ def _counting_tokenizer() -> "Tokenizer":
     return tokenizer
 
 
+def count_tokens(text: str) -> int:
+    """How many tokens the model's own tokenizer makes of `text` (no [CLS]/[SEP]): what `ctx context` budgets in."""
+    return len(_counting_tokenizer().encode(text, add_special_tokens=False).ids) if text else 0
+
+
+def head_tokens(text: str, max_tokens: int) -> str:
+    """The longest head of `text` that is at most `max_tokens` tokens, cut where a token ends."""
+    if max_tokens <= 0 or not text:
+        return ""
+    offsets = _counting_tokenizer().encode(text[: max_tokens * CHARS_PER_TOKEN_READ], add_special_tokens=False).offsets
+    if len(offsets) <= max_tokens and len(text) <= max_tokens * CHARS_PER_TOKEN_READ:
+        return text
+    return text[: offsets[max_tokens - 1][1]] if offsets else ""
+
+
 # Chunking reads at most this many characters per chunk wanted: with a cap on chunks, an absurd record (one 20 MB
 # line) is tokenised by its head only. English averages ~4-5 characters a token; 16 leaves room for long tokens.
 CHARS_PER_TOKEN_READ = 16

@@ -120,6 +120,7 @@ def status(settings: Settings) -> dict:
         "table_sizes": {},
         "database_size": None,
         "collections": {},
+        "context_loads": [],
         "errors": [],
     }
     up = {s["name"]: s["running"] for s in out["services"]}
@@ -129,6 +130,8 @@ def status(settings: Settings) -> dict:
                 out["schema"]["version"] = pg.schema_version(conn)
                 if out["schema"]["version"]:
                     out["tables"] = pg.table_counts(conn)
+                if (out["schema"]["version"] or 0) >= 3:
+                    out["context_loads"] = pg.context_loads_per_day(conn)
                 out["table_sizes"] = pg.table_sizes(conn)
                 out["database_size"] = pg.database_size(conn)
         except CtxError as exc:

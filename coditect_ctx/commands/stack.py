@@ -92,6 +92,10 @@ def _render_status(data: dict) -> None:
     if data["collections"]:
         rows = [[name, "-" if n is None else n] for name, n in data["collections"].items()]
         out.print(output.table("\nchroma collections", ["collection", "embeddings"], rows))
+    if data.get("context_loads"):
+        rows = [[d["day"], d["packs"], d["records"], d["tokens"], d["clients"]] for d in data["context_loads"]]
+        out.print(output.table("\ncontext packs loaded (ctx context, last 7 days)",
+                               ["day (UTC)", "packs", "records", "tokens", "clients"], rows))
     for err in data["errors"]:
         output.note(f"warning: {err}")
 

@@ -180,3 +180,14 @@ def bump_generation(conn) -> int:
     return conn.execute(
         "UPDATE db_metadata SET data_generation = data_generation + 1 WHERE id = 1 RETURNING data_generation"
     ).fetchone()[0]
+
+
+def context_loads_per_day(conn, days: int = 7) -> list[dict]:
+    """Packs handed out per UTC day (the last `days` days that had any), newest first: for `ctx status`."""
+    rows = conn.execute(
+        "SELECT (loaded_at AT TIME ZONE 'UTC')::date AS day, count(DISTINCT pack_id), count(*), "
+        "sum(token_count), count(DISTINCT client) "
+        "FROM context_loads WHERE loaded_at >= now() - make_interval(days => %s) AND pack_id IS NOT NULL "
+        "GROUP BY 1 ORDER BY 1 DESC", (days,)).fetchall()
+    return [{"day": day.isoformat(), "packs": packs, "records": records, "tokens": int(tok or 0), "clients": clients}
+            for day, packs, records, tok, clients in rows]
