@@ -1,8 +1,10 @@
 """Named points where a crash matters: a test seam, so tests kill a real `ctx` run exactly there.
 
 With `CTX_PAUSE_AT=<name>` in its environment, a run that reaches that point prints `point: <name>` on stderr and
-sleeps there until it is killed (tests send SIGKILL, then check that a rerun ends as an uninterrupted run does).
-Unset, as always outside the tests, `reach` is one environment lookup. Below every job: imports nothing of ctx.
+sleeps there until it is killed (tests send SIGKILL, then check that a rerun ends as an uninterrupted run does), or,
+with `CTX_PAUSE_RELEASE=<file>` too, until that file exists (tests break a service while the run holds still, then
+let it go on). Unset, as always outside the tests, `reach` is one environment lookup. Below every job: imports
+nothing of ctx.
 """
 
 from __future__ import annotations
@@ -27,5 +29,6 @@ def reach(name: str) -> None:
         return
     sys.stderr.write(f"point: {name}\n")
     sys.stderr.flush()
-    while True:  # held here until the test kills the process
-        time.sleep(60)
+    release = os.environ.get("CTX_PAUSE_RELEASE")
+    while not (release and os.path.exists(release)):  # held here until the test kills the process or releases it
+        time.sleep(0.05 if release else 60)

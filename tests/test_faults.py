@@ -264,26 +264,31 @@ def _embedded_so_far(settings) -> tuple[int, int]:
     return records, vectors
 
 
-def _migrate_until_some_are_embedded(settings, *args) -> subprocess.Popen:
-    """A real `ctx migrate` of the corpus, returned once its first batch is in Chroma and marked in PostgreSQL."""
-    import time
-
-    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(CORE), *args],
-                            env={**os.environ, **settings_env(settings)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    while _embedded_so_far(settings)[0] == 0:
-        assert proc.poll() is None, "migrate ended before embedding anything: " + proc.stderr.read()
-        time.sleep(0.2)
+def _migrate_held_after_first_batch(settings, release: Path, *args) -> subprocess.Popen:
+    """A real `ctx migrate` of the corpus, held (points.py) right after its first batch is in Chroma and marked in
+    PostgreSQL, with more to embed; it goes on once `release` exists. Deterministic: no race with the run's end."""
+    env = {**os.environ, **settings_env(settings), "CTX_PAUSE_AT": "embed-batch", "CTX_PAUSE_RELEASE": str(release)}
+    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(CORE), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.strip() == "point: embed-batch":
+            break
+    assert proc.poll() is None, "migrate ended before its first batch was marked: " + "".join(seen)[-2000:]
+    assert _embedded_so_far(settings)[0] > 0
     return proc
 
 
 @needs_corpus
-def test_migrate_report_counts_what_was_embedded_before_chroma_died(fresh_stack):
+def test_migrate_report_counts_what_was_embedded_before_chroma_died(fresh_stack, tmp_path):
     from coditect_ctx.runtime import procs
     from coditect_ctx.runtime.local import LocalRuntime
 
-    proc = _migrate_until_some_are_embedded(fresh_stack, "--json")
+    release = tmp_path / "release"
+    proc = _migrate_held_after_first_batch(fresh_stack, release, "--json")
     os.kill(procs.read_pid(LocalRuntime(fresh_stack).run / "chroma.pid"), signal.SIGKILL)
+    release.touch()
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
     assert "Traceback" not in err
@@ -295,12 +300,14 @@ def test_migrate_report_counts_what_was_embedded_before_chroma_died(fresh_stack)
 
 
 @needs_corpus
-def test_postgres_killed_while_migrate_embeds_is_a_service_error(fresh_stack):
+def test_postgres_killed_while_migrate_embeds_is_a_service_error(fresh_stack, tmp_path):
     from coditect_ctx.runtime.local import LocalRuntime
 
-    proc = _migrate_until_some_are_embedded(fresh_stack)
+    release = tmp_path / "release"
+    proc = _migrate_held_after_first_batch(fresh_stack, release)
     postmaster = int((LocalRuntime(fresh_stack).pg_data / "postmaster.pid").read_text().split()[0])
     os.kill(postmaster, signal.SIGKILL)
+    release.touch()
     out, err = proc.communicate(timeout=600)
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     _one_error(proc, 3, "PostgreSQL", "ctx setup")
