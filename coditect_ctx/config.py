@@ -151,7 +151,8 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         if kind in (Path, "Path"):
             return Path(str(raw)).expanduser()
     except (TypeError, ValueError):
-        raise ConfigError(f"Setting CTX_{name.upper()} has an invalid value {raw!r}", hint=f"Give a {kind}.")
+        wanted = {int: "a whole number", "int": "a whole number", float: "a number", "float": "a number"}.get(kind, "a path")
+        raise ConfigError(f"Setting CTX_{name.upper()} has an invalid value {raw!r}", hint=f"Give {wanted}.")
     return str(raw)
 
 

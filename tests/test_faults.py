@@ -65,6 +65,14 @@ def test_out_of_range_setting_is_refused_before_anything_starts(tmp_path, settin
         _kill_all(home)
 
 
+@pytest.mark.parametrize("setting, value, wanted", [("CTX_PG_PORT", "abc", "Give a whole number."),
+                                                    ("CTX_EMBED_MAX_CHUNKS", "1.5", "Give a whole number."),
+                                                    ("CTX_TIMEOUT", "soon", "Give a number.")])
+def test_unparseable_setting_says_what_to_give(tmp_path, setting, value, wanted):
+    proc = _ctx("status", env={"CTX_HOME": str(tmp_path / "home"), "CTX_RUNTIME": "local", setting: value}, timeout=120)
+    assert wanted in _one_error(proc, 2, setting, repr(value))
+
+
 def test_zero_timeout_is_a_config_error_not_critical_services(stack):
     proc = _ctx("health", env={**settings_env(stack), "CTX_TIMEOUT": "0"})
     err = _one_error(proc, 2, "CTX_TIMEOUT")
