@@ -38,8 +38,8 @@ class Row:
     kind: str
     files: int | None = None
     postgres: int = 0
-    chroma_records: int = 0
-    chroma_vectors: int = 0
+    chroma_records: int | None = 0  # None: Chroma did not answer, its vectors were not counted
+    chroma_vectors: int | None = 0
     checksum_match: bool | None = None
     only_in_files: int = 0
     only_in_postgres: int = 0
@@ -195,6 +195,7 @@ def _check(settings: Settings, repair: bool, files: bool) -> ValidateReport:
                     row.not_embedded += 1
                     continue
                 if vectors is None:  # Chroma did not answer: nothing to compare the row's vectors with
+                    row.chroma_records = row.chroma_vectors = None
                     continue
                 if have:
                     row.chroma_records += 1
@@ -223,6 +224,13 @@ def _scan_chroma(store: Store, report: ValidateReport) -> dict[str, list[tuple[s
     """Every vector's id and metadata per kind; None when Chroma does not answer (said in the report)."""
     out: dict[str, list[tuple[str, dict]]] = {}
     try:
+        # a hung server accepts the connection and never answers: ask for its heartbeat under CTX_TIMEOUT first,
+        # so the scan's reads (CTX_CHROMA_READ_TIMEOUT each, sized for large pages) start only on a live server
+        probe = store.open_chroma(read_timeout=store.settings.timeout)
+        try:
+            probe.heartbeat()
+        finally:
+            probe.close()
         for kind, name in COLLECTIONS.items():
             info = store.chroma.collection(name)
             dim = info.get("dimension")

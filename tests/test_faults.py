@@ -326,7 +326,8 @@ def _with_chroma_unavailable(settings, how: str):
     from coditect_ctx.runtime import procs
     from coditect_ctx.runtime.local import LocalRuntime
 
-    env = {**settings_env(settings), "CTX_TIMEOUT": "1"}
+    # a read timeout far beyond the hang guards below: validate must find the hung server by its own short probe
+    env = {**settings_env(settings), "CTX_TIMEOUT": "1", "CTX_CHROMA_READ_TIMEOUT": "3600"}
     pid = procs.read_pid(LocalRuntime(settings).run / "chroma.pid")
     os.kill(pid, signal.SIGSTOP if how == "hung" else signal.SIGKILL)
     try:
@@ -335,6 +336,7 @@ def _with_chroma_unavailable(settings, how: str):
         semantic = _ctx("search", "retry policy", "--mode", "semantic", env=env, timeout=120)
         text = _ctx("search", "retry policy", "--mode", "text", env=env, timeout=120)
         validate = _ctx("validate", env=env, timeout=300)
+        validate_json = _ctx("validate", "--json", env=env, timeout=300)
     finally:
         if how == "hung":
             os.kill(pid, signal.SIGCONT)
@@ -349,6 +351,8 @@ def _with_chroma_unavailable(settings, how: str):
     assert text.returncode == 0 and text.stdout.strip(), text.stderr
     assert validate.returncode == 3, validate.stdout + validate.stderr
     assert "chroma did not answer" in validate.stdout and "wrong vector count" not in validate.stdout
+    rows = json.loads(validate_json.stdout)["rows"]  # vectors not counted are not shown as none
+    assert rows and all(r["chroma_records"] is None and r["chroma_vectors"] is None for r in rows), rows
     return env
 
 

@@ -115,8 +115,9 @@ def _render_validate(report) -> None:
             (r.stale_vectors, "stale vectors")) if n]
         if r.checksum_match is False and not issues:
             issues.append("checksum differs")
-        rows.append([r.source, r.kind, "-" if r.files is None else r.files, r.postgres, r.chroma_records,
-                     r.chroma_vectors, "ok" if r.ok else "; ".join(issues)])
+        rows.append([r.source, r.kind, "-" if r.files is None else r.files, r.postgres,
+                     "-" if r.chroma_records is None else r.chroma_records,
+                     "-" if r.chroma_vectors is None else r.chroma_vectors, "ok" if r.ok else "; ".join(issues)])
     verdict = (f"NOT CHECKED ({', '.join(report.unreachable)} did not answer)" if report.unreachable
                else "all agree" if report.ok else "DISAGREEMENT")
     out.print(output.table("validate: " + verdict,
