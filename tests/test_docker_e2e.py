@@ -22,10 +22,10 @@ import pytest
 
 from coditect_ctx.config import Settings
 from coditect_ctx.runtime import resolve_runtime_name
-from coditect_ctx.runtime.docker import LABEL_PROJECT, LABEL_SERVICE, project_id, resource_name
+from coditect_ctx.runtime.docker import LABEL_SERVICE, resource_name
 
 from .conftest import SAMPLES, _short_tmp, make_settings
-from .test_docker_runtime import IMAGE_KEYS, NOTHING, _our_resources, test_images  # noqa: F401 (a fixture)
+from .test_docker_runtime import IMAGE_KEYS, NOTHING, _our_resources, remove_ours, test_images  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.docker
 
@@ -60,20 +60,6 @@ def run_ctx(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
 def ok(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.CompletedProcess:
     assert result.returncode == code, f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     return result
-
-
-def remove_ours(settings: Settings) -> None:
-    """Teardown through the SDK, not through ctx: cleanup must not depend on the code under test."""
-    import docker
-
-    client = docker.from_env()
-    label = {"label": f"{LABEL_PROJECT}={project_id(settings)}"}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
-    for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
-    for network in client.networks.list(filters=label):
-        network.remove()
 
 
 @dataclass

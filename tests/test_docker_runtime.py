@@ -105,17 +105,22 @@ def make_runtime(tmp_path, test_images):
 
     yield make
 
+    for settings in made:
+        remove_ours(settings)
+
+
+def remove_ours(settings: Settings) -> None:
+    """Teardown through the SDK, not through ctx: cleanup must not depend on the code under test."""
     import docker
 
     client = docker.from_env()
-    for settings in made:
-        label = {"label": f"{LABEL_PROJECT}={project_id(settings)}"}
-        for container in client.containers.list(all=True, filters=label):
-            container.remove(force=True, v=True)
-        for volume in client.volumes.list(filters=label):
-            volume.remove(force=True)
-        for network in client.networks.list(filters=label):
-            network.remove()
+    label = {"label": f"{LABEL_PROJECT}={project_id(settings)}"}
+    for container in client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for volume in client.volumes.list(filters=label):
+        volume.remove(force=True)
+    for network in client.networks.list(filters=label):
+        network.remove()
 
 
 def _row_count(runtime: DockerRuntime) -> int:
