@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import __version__, output
-from .commands import backup, context, health, migrate, search, stack
+from .commands import backup, context, health, mcp, migrate, search, stack
 from .runtime.procs import PRIVATE_UMASK
 
 
@@ -49,7 +49,7 @@ def main_options(
     ctx.obj = {"home": home} if home else {}
 
 
-for module in (stack, health, migrate, backup, search, context):
+for module in (stack, health, migrate, backup, search, context, mcp):
     module.register(app)
 
 

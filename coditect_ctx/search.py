@@ -127,6 +127,12 @@ class SearchResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def as_output(self) -> dict:
+        """What `ctx search --json` prints (and the MCP `search` tool returns): the hits under `results`."""
+        data = self.as_dict()
+        data["results"] = data.pop("hits")
+        return data
+
     @classmethod
     def from_dict(cls, data: dict) -> "SearchResult":
         return cls(**{**data, "hits": [Hit(**h) for h in data["hits"]]})
@@ -352,6 +358,18 @@ class Searcher:
             url = None if self.settings.cache_disabled else self.store.endpoints.redis_url
             self._cache = Cache(url)
         return self._cache
+
+    def reset(self) -> None:
+        """Drop the PostgreSQL connection and the Chroma client (a service restarted); the model stays loaded."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+        if self._chroma is not None:
+            self._chroma.close()
+            self._chroma = None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -68,9 +68,7 @@ def _search(get_settings, params: dict) -> None:
             output.note(output.printable(f"warning: no {' or '.join(degraded)} ranking ({outcome.result.degraded_reason}); "
                                          "results from PostgreSQL full text and trigram only"))
         if json_out:
-            data = outcome.result.as_dict()
-            data["results"] = data.pop("hits")
-            output.emit_json(data)
+            output.emit_json(outcome.result.as_output())
         elif outcome.page:
             sys.stdout.write(outcome.page)
             sys.stdout.flush()
