@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import SchemaError, ServiceError
+from ..kinds import TABLES as KIND_TABLES  # kind -> table: a fact of the kinds, defined there
 
 TABLES = (
-    "sessions", "checkpoints", "patterns", "messages", "tags", "session_tags", "pattern_tags",
+    *KIND_TABLES.values(), "tags", "session_tags", "pattern_tags",
     "privacy_audit", "context_loads", "db_metadata", "submodule_registry", "source_folders", "record_sources",
 )
 VIEWS = ("v_active_sessions", "v_patterns_by_usage", "v_privacy_audit_summary", "v_recent_checkpoints")
