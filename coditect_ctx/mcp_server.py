@@ -1,8 +1,9 @@
 """`ctx mcp`: the store served to coding agents over the Model Context Protocol (stdio, the official `mcp` SDK).
 
 Tools: `search` (every filter of `ctx search`), `show`, `context` (a pack, like `ctx context`) and `status` (read-only
-figures). With `--allow-write`, also `remember`; without it no tool changes data (a `context` pack records its
-load in context_loads, as the CLI does: usage statistics, not data).
+figures), and `remember`, refused unless the operator started `ctx mcp --allow-write` (notes.py stores the note as
+a checkpoint). Without it no tool changes data (a `context` pack records its load in context_loads, as the CLI
+does: usage statistics, not data).
 
 A long-lived process: one Searcher keeps the model, the PostgreSQL connection, the Chroma client and the Redis cache
 warm between calls. A call that finds a service gone drops its connections (the model stays) and answers with
@@ -103,12 +104,16 @@ class Backend:
 
         return self.call(body)
 
-    def remember(self, title: str, text: str) -> dict:
-        if not self.allow_write:
-            raise UsageError("writes are off: this server was started without --allow-write",
-                             hint="The operator can restart it as `ctx mcp --allow-write` to let agents store notes.")
-        raise UsageError("remember is not implemented in this version of ctx",
-                         hint="Write the note as a checkpoint file in MEMORY-CONTEXT/checkpoints and run `ctx migrate`.")
+    def remember(self, title: str, text: str, submodule: str | None = None) -> dict:
+        from .notes import remember
+
+        def body() -> dict:
+            if not self.allow_write:
+                raise UsageError("writes are off: this server was started without --allow-write",
+                                 hint="The operator can restart it as `ctx mcp --allow-write` to let agents store notes.")
+            return remember(self.settings, title, text, submodule)
+
+        return self.call(body)
 
     def close(self) -> None:
         self.searcher.close()
@@ -160,13 +165,16 @@ def build_server(settings: Settings, allow_write: bool = False):
         """The store's services, schema, row and vector counts, and context packs per day (like `ctx status --json`)."""
         return backend.status()
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=False))
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False,
+                                             openWorldHint=False))
     def remember(
         title: Annotated[str, Field(description="The note's title.")],
-        text: Annotated[str, Field(description="The note (redacted before it is stored).")],
+        text: Annotated[str, Field(description="What to remember (redacted before it is stored).")],
+        submodule: Annotated[str | None, Field(description="The submodule it belongs to (default agent-notes).")] = None,
     ) -> dict:
-        """Store a note as a checkpoint record. Refused unless the operator started `ctx mcp --allow-write`."""
-        return backend.call(lambda: backend.remember(title, text))
+        """Store a note as a checkpoint record, redacted and embedded like migrated ones. Refused unless the operator
+        started `ctx mcp --allow-write`."""
+        return backend.remember(title, text, submodule)
 
     return server, backend
 

@@ -113,11 +113,25 @@ def test_bad_arguments_are_the_cli_errors_and_the_server_goes_on(store):
     assert data(after)["results"]
 
 
-def test_allow_write_offers_remember_but_it_is_not_implemented_yet(store):
-    async def body(session):
-        return await session.call_tool("remember", {"title": "t", "text": "x"}, )
+def test_allow_write_remembers_a_note_redacted_and_searchable(store):
+    secret_mail = "dana.private" + "@example.org"
 
-    assert "not implemented" in error(with_server(store, body, "--allow-write"))
+    async def body(session):
+        stored = data(await session.call_tool("remember", {
+            "title": "Quokka deploys need the blue-green flag",
+            "text": f"Deploying the quokka service without --blue-green drops sessions; ask {secret_mail} first."}))
+        found = data(await session.call_tool("search", {"query": "quokka blue-green deploy", "limit": 3}))
+        return stored, found
+
+    stored, found = with_server(store, body, "--allow-write")
+    assert stored["id"] and stored["submodule"] == "agent-notes" and stored["redactions"] >= 1 and stored["embedded"]
+    assert found["results"][0]["id"] == stored["id"]
+    shown = json.loads(ctx(store, "show", stored["id"], "--json").stdout)
+    assert shown["type"] == "checkpoint" and "blue-green" in shown["content"] and "dana.private" not in shown["content"]
+    semantic = json.loads(ctx(store, "search", "marsupial rollout switch", "--mode", "semantic", "--json").stdout)
+    assert stored["id"] in [h["id"] for h in semantic["results"]]  # embedded: found by meaning alone
+    notes = list((store.home / "notes").rglob("*.md"))
+    assert notes and all("dana.private" not in p.read_text() for p in notes)
 
 
 def test_postgres_stopped_mid_session_is_an_error_then_recovers(store):
