@@ -162,3 +162,45 @@ def test_another_user_cannot_use_the_services_without_the_secrets(used_store):
                  ["-X", "DELETE", "-H", "Authorization: Bearer bogus"]):
         proc = as_nobody("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *argv, url + ("/sessions_embeddings" if "DELETE" in argv else ""))
         assert proc.stdout == "403", argv
+
+
+SQUATTER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.settimeout(2)
+    try:
+        c.sendall(b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big"))  # what a fake PostgreSQL says: send the password
+        print(repr(c.recv(4096)), flush=True)
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+@needs_root
+def test_a_port_another_user_holds_while_the_store_is_down_is_sent_no_secret(used_store):
+    """After `ctx down` (a reboot, a crash) anyone may listen on the store's ports; ctx refuses to talk to them."""
+    s = used_store
+    run_ctx(s, "down")
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")  # one that nobody may run (not /root/...)
+    if python is None:
+        pytest.skip("no system python3 for the squatter")
+    squatters = {port: subprocess.Popen(["runuser", "-u", "nobody", "--", python, "-c", SQUATTER, str(port)],
+                                        stdout=subprocess.PIPE, text=True, cwd="/")
+                 for port in (s.pg_port, s.chroma_port, s.redis_port)}
+    try:
+        assert all(p.stdout.readline() == "listening\n" for p in squatters.values())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CTX_")}
+        for args in (["search", "connection pool"], ["migrate", str(SAMPLES / "coditect-demo")], ["backup"]):
+            proc = subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env={**env, **settings_env(s)},
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 3, proc.stdout + proc.stderr
+            assert f"port {s.pg_port} on 127.0.0.1 is held by another user (nobody" in " ".join(proc.stderr.split())
+    finally:
+        for p in squatters.values():
+            p.terminate()
+        received = {port: p.communicate(timeout=30)[0] for port, p in squatters.items()}
+    assert received == {port: "" for port in squatters}  # no connection at all, so no secret
+    run_ctx(s, "setup")

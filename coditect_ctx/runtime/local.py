@@ -82,7 +82,30 @@ class LocalRuntime(Runtime):
             redis_bin, note = None, exc.message
         if redis_bin is None:
             note = note or ("cache disabled by setting" if s.cache_disabled else "no redis-server found: cache disabled")
+        self._refuse_foreign_listeners(with_redis=not note)
         return loopback_endpoints(s, cache_off=note)
+
+    def _refuse_foreign_listeners(self, with_redis: bool) -> None:
+        """No password or token goes to a port another user holds: while a service is down (a reboot, `ctx down`,
+        a crash) anyone on the machine may listen on its port and would be sent the secret by the next command."""
+        s = self.settings
+        mine = {os.geteuid()}
+        try:
+            pg_users = mine | {self.pg_data.stat().st_uid}  # as root, PostgreSQL runs as ctx-postgres
+        except OSError:
+            pg_users = mine
+        ports = [("postgres", s.pg_port, "CTX_PG_PORT", pg_users), ("chroma", s.chroma_port, "CTX_CHROMA_PORT", mine)]
+        if with_redis:
+            ports.append(("redis", s.redis_port, "CTX_REDIS_PORT", mine))
+        for service, port, setting, allowed in ports:
+            strangers = (procs.listener_uids(port) or set()) - allowed
+            if strangers:
+                who = ", ".join(_user_name(uid) for uid in sorted(strangers))
+                raise ServiceError(
+                    f"{service}: port {port} on 127.0.0.1 is held by another user ({who}), not by this store: "
+                    "ctx sends it no password",
+                    hint=f"See who listens: `ss -ltnp 'sport = :{port}'`. Stop that program (or choose another "
+                    f"port with {setting}), then run `ctx setup`.", service=service)
 
     def log_path(self, service: str) -> Path | None:
         return self.log_dir / f"{service}.log"
@@ -433,6 +456,13 @@ class LocalRuntime(Runtime):
         procs.spawn([str(binary), str(conf)], pid_file, self.log_path("redis"), cwd=self.redis_dir)
         report("redis: started")
         return True
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def redis_quote(value: str) -> str:

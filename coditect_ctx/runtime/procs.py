@@ -32,6 +32,28 @@ def child_env(allow: Iterable[str] = (), base: Mapping[str, str] | None = None, 
     return env
 
 
+def listener_uids(port: int) -> set[int] | None:
+    """The users owning the TCP sockets that listen on `port` of 127.0.0.1 or any address (Linux /proc/net/tcp,
+    tcp6: readable by anyone for every socket); an empty set when nothing listens, None where /proc has no table.
+    Another user may bind a store's port while its service is down: secrets must not be sent to that listener."""
+    wanted = {f"0100007F:{port:04X}", f"00000000:{port:04X}", f"{'0' * 32}:{port:04X}",
+              f"{'0' * 16}FFFF000001000000:{port:04X}", f"{'0' * 24}01000000:{port:04X}"}
+    uids: set[int] = set()
+    seen = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                lines = fh.readlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 7 and cols[3] == "0A" and cols[1].upper() in wanted:  # 0A: LISTEN
+                uids.add(int(cols[7]))
+    return uids if seen else None
+
+
 # Everything ctx and its services create is private to the user running the store: files 0600, folders 0700.
 PRIVATE_UMASK = 0o077
 
