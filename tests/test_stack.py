@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -23,7 +24,7 @@ from coditect_ctx.runtime import procs
 from coditect_ctx.runtime.local import LocalRuntime
 from coditect_ctx.stores import Store
 
-from .conftest import make_settings, settings_env
+from .conftest import _short_tmp, make_settings, settings_env
 
 
 def _listening(port: int) -> set[str]:
@@ -190,8 +191,10 @@ def test_setup_right_after_the_postmaster_was_sigkilled(fresh_stack, cli):
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_cache_off_without_redis(tmp_path, cli):
-    settings = make_settings(tmp_path / "h", redis_server="none")
+def test_cache_off_without_redis(cli):
+    # a home outside pytest's basetemp, as every started store has: a second pytest session resets that folder to
+    # 0700, and ctx-postgres (as root) could no longer pass through it to its data directory
+    settings = make_settings(_short_tmp("ctx-nr-"), redis_server="none")
     try:
         result = stack.setup(settings, prepare_model=False)
         assert result.cache.startswith("disabled")
@@ -203,6 +206,7 @@ def test_cache_off_without_redis(tmp_path, cli):
         assert redis["extra"]["disabled"] and "disabled" in redis["detail"]
     finally:
         stack.down(settings, volumes=True)
+        shutil.rmtree(settings.home, ignore_errors=True)
 
 
 def test_settings_precedence(tmp_path, monkeypatch):
