@@ -2,8 +2,8 @@
 
     python bench/bench_context.py                      # fresh local store with the demo samples (bench/eval_context.json)
     python bench/bench_context.py --corpus             # fresh local store, ../shared/corpus migrated into it
-    CTX_HOME=... python bench/bench_context.py --corpus   # an existing store holding ../shared/corpus
-                                                       # (both: bench/eval_queries.json's questions as tasks)
+    CTX_HOME=... python bench/bench_context.py --corpus [--migrate]   # an existing store (--migrate: the corpus first)
+    --corpus measures eval_context.json's corpus_tasks, then eval_queries.json's questions as tasks.
     options: --calls N (MCP latency calls per tool, default 20), --keep (leave a fresh store running)
 
 Quality: for each task, how many of its answers (stable keys, as in bench_search.py) a pack of 2,000 and of
@@ -59,7 +59,7 @@ def baseline(searcher: Searcher, task: str, budget: int) -> list[tuple[str, str]
     return held
 
 
-def quality(settings, tasks: list[dict]) -> None:
+def quality(settings, tasks: list[dict], label: str) -> None:
     with Searcher(settings) as searcher:
         keys = record_keys(searcher.conn())
         total = sum(len(t["answers"]) for t in tasks)
@@ -72,7 +72,7 @@ def quality(settings, tasks: list[dict]) -> None:
                                    ("baseline", baseline(searcher, task["q"], budget))):
                     got = set().union(*(matches.get(k, set()) for k in held)) if held else set()
                     found[(kind, budget)] += len(got)
-    print(f"pack quality: {len(tasks)} tasks, {total} answers (records a good pack must hold)")
+    print(f"pack quality, {label}: {len(tasks)} tasks, {total} answers (records a good pack must hold)")
     for budget in BUDGETS:
         p, b = found[("pack", budget)], found[("baseline", budget)]
         print(f"  {budget:>5} tokens: ctx context holds {p}/{total} ({p / total:.0%}); "
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--corpus", action="store_true", help="the store in CTX_HOME holds the corpus")
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--migrate", action="store_true", help="with CTX_HOME: migrate the corpus into it first")
     args = parser.parse_args()
     fresh = None
     if args.corpus:
@@ -139,17 +140,20 @@ def main() -> None:
             settings = load_settings()
         else:
             settings = fresh = fresh_store()
+        if fresh is not None or args.migrate:
             migrate_corpus(settings)
-        tasks = json.loads((BENCH / "eval_queries.json").read_text())["queries"]
+        sets = [("session-style tasks on the corpus", json.loads((BENCH / "eval_context.json").read_text())["corpus_tasks"]),
+                ("eval_queries.json questions as tasks", json.loads((BENCH / "eval_queries.json").read_text())["queries"])]
     else:
         from coditect_ctx.migrate import run_migrate
 
         settings = fresh = fresh_store()
         run_migrate(settings, [SAMPLES])
-        tasks = json.loads((BENCH / "eval_context.json").read_text())["tasks"]
+        sets = [("session-style tasks on the samples", json.loads((BENCH / "eval_context.json").read_text())["tasks"])]
     try:
-        quality(settings, tasks)
-        latency(settings, tasks, args.calls)
+        for label, tasks in sets:
+            quality(settings, tasks, label)
+        latency(settings, sets[0][1], args.calls)
     finally:
         if fresh is not None and not args.keep:
             from coditect_ctx import stack
