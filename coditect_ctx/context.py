@@ -266,8 +266,11 @@ def _record(conn, pack: Pack) -> str:
     """One context_loads row per record of the pack, sharing its pack_id; returns that id."""
     import psycopg
 
+    from .ingest.redact import redact
+
     load_id = str(uuid.uuid4())
-    rows = [(load_id, i.type, i.id, i.tokens, i.score, pack.task, pack.client,
+    task, client = redact(pack.task)[0], redact(pack.client or "")[0] or None  # the store keeps redacted text only
+    rows = [(load_id, i.type, i.id, i.tokens, i.score, task, client,
              psycopg.types.json.Jsonb({"section": i.section, "work": i.work})) for i in pack.items]
     try:
         with conn.cursor() as cur:

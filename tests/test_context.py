@@ -114,3 +114,10 @@ def test_bad_options_are_one_line_usage_errors(store, args, message):
     proc = ctx(store, "context", "redis", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_a_secret_in_the_task_is_not_stored(store):
+    password = "Zq9" + "pass-Winter-42"
+    pack = build_pack(store, f"redis eviction, the staging password={password}", budget=500, client="lib")
+    rows = loads(store, pack.load_id)
+    assert rows and all(password not in r[3] for r in rows)
