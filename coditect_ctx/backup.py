@@ -296,6 +296,7 @@ def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -
         conn.rollback()
     finally:
         conn.close()
+    store.check_chroma()  # a hung server: no answer in CTX_TIMEOUT, not after CTX_CHROMA_READ_TIMEOUT per request
     try:
         manifest["chroma_server_version"] = store.chroma.version()
     except ServiceError:  # a version string is nice to have, never a reason to fail a backup

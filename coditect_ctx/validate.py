@@ -224,13 +224,7 @@ def _scan_chroma(store: Store, report: ValidateReport) -> dict[str, list[tuple[s
     """Every vector's id and metadata per kind; None when Chroma does not answer (said in the report)."""
     out: dict[str, list[tuple[str, dict]]] = {}
     try:
-        # a hung server accepts the connection and never answers: ask for its heartbeat under CTX_TIMEOUT first,
-        # so the scan's reads (CTX_CHROMA_READ_TIMEOUT each, sized for large pages) start only on a live server
-        probe = store.open_chroma(read_timeout=store.settings.timeout)
-        try:
-            probe.heartbeat()
-        finally:
-            probe.close()
+        store.check_chroma()  # a hung server: no answer in CTX_TIMEOUT, not in CTX_CHROMA_READ_TIMEOUT
         for kind, name in COLLECTIONS.items():
             info = store.chroma.collection(name)
             dim = info.get("dimension")

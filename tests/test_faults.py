@@ -337,6 +337,7 @@ def _with_chroma_unavailable(settings, how: str):
         text = _ctx("search", "retry policy", "--mode", "text", env=env, timeout=120)
         validate = _ctx("validate", env=env, timeout=300)
         validate_json = _ctx("validate", "--json", env=env, timeout=300)
+        backup = _ctx("backup", env=env, timeout=300)
     finally:
         if how == "hung":
             os.kill(pid, signal.SIGCONT)
@@ -351,6 +352,7 @@ def _with_chroma_unavailable(settings, how: str):
     assert text.returncode == 0 and text.stdout.strip(), text.stderr
     assert validate.returncode == 3, validate.stdout + validate.stderr
     assert "chroma did not answer" in validate.stdout and "wrong vector count" not in validate.stdout
+    _one_error(backup, 3, "chroma")
     rows = json.loads(validate_json.stdout)["rows"]  # vectors not counted are not shown as none
     assert rows and all(r["chroma_records"] is None and r["chroma_vectors"] is None for r in rows), rows
     return env

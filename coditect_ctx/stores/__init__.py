@@ -51,6 +51,16 @@ class Store:
         ep = self.endpoints
         return Chroma.for_settings(self.settings, ep.chroma_url, ep.chroma_token, read_timeout=read_timeout)
 
+    def check_chroma(self) -> None:
+        """ServiceError unless Chroma answers its heartbeat within CTX_TIMEOUT. A hung server accepts connections
+        and never answers: a job about to read a lot asks this first, rather than wait CTX_CHROMA_READ_TIMEOUT
+        (sized for large pages and upserts) on its first request."""
+        probe = self.open_chroma(read_timeout=self.settings.timeout)
+        try:
+            probe.heartbeat()
+        finally:
+            probe.close()
+
     def close(self) -> None:
         if "chroma" in self.__dict__:
             self.chroma.close()
