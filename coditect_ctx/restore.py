@@ -21,7 +21,7 @@ from .backup import (
     read_vectors, record_verified, resolve_backup,
 )
 from .config import Settings
-from .errors import CtxError, DataError, SchemaError, UsageError
+from .errors import CtxError, DataError, SchemaError, ServiceError, UsageError
 from .kinds import COLLECTIONS, TABLES
 from .points import reach
 from .stores import Store
@@ -129,7 +129,14 @@ def _generation(store: Store) -> int:
 def restore_postgres(store: Store, folder: Path, dbname: str | None) -> None:
     """pg_restore into the store's database (dbname None) or a scratch one; one transaction, stops at an error."""
     args = ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error"]
-    store.runtime.run_pg_tool("pg_restore", args, dbname=dbname or store.settings.pg_db, input_file=folder / DUMP_FILE)
+    try:
+        store.runtime.run_pg_tool("pg_restore", args, dbname=dbname or store.settings.pg_db, input_file=folder / DUMP_FILE)
+    except ServiceError as exc:
+        if "input file" not in exc.message:  # pg_restore's words for an archive it cannot read (cut, not a dump)
+            raise
+        raise DataError(f"{folder / DUMP_FILE}: pg_restore cannot read it ({exc.message.rsplit('error: ', 1)[-1]})",
+                        hint="The backup is damaged (nothing was replaced: pg_restore runs in one transaction); "
+                             "use another one (`ctx backup list`).") from exc
 
 
 def mark_not_embedded(conn, manifest: dict) -> int:

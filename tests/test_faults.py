@@ -210,8 +210,9 @@ def _store_state(settings) -> dict:
     return state
 
 
-def test_forged_backup_with_a_truncated_gzip_is_refused_before_anything_is_replaced(migrated, tmp_path):
-    """The gzip of a collection is cut in half and the manifest re-signed, so every checksum matches."""
+@pytest.mark.parametrize("part", ["collection", "dump"])
+def test_forged_backup_with_a_truncated_gzip_is_refused_before_anything_is_replaced(migrated, tmp_path, part):
+    """A collection's gzip (or the PostgreSQL dump) is cut in half and the manifest re-signed: every checksum matches."""
     import hashlib
 
     from coditect_ctx.backup import MANIFEST, write_manifest
@@ -222,6 +223,8 @@ def test_forged_backup_with_a_truncated_gzip_is_refused_before_anything_is_repla
     folder = Path(json.loads(taken.stdout)["path"])
     manifest = json.loads((folder / MANIFEST).read_text())
     name, meta = max(manifest["chroma"]["collections"].items(), key=lambda kv: kv[1]["vectors"])
+    if part == "dump":
+        meta = {"file": manifest["postgres"]["file"]}
     victim = folder / meta["file"]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])

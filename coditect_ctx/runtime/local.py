@@ -394,7 +394,8 @@ class LocalRuntime(Runtime):
                 *database_args(tool, dbname, s.pg_db)]
         proc = run_tool(argv, tool_env(s.pg_password), output, input_file, s.pg_tool_timeout)
         if proc.returncode != 0:
-            raise ServiceError(f"postgres: {tool} failed: {proc.stderr.decode(errors='replace').strip()[-800:]}", service="postgres")
+            raise ServiceError(f"postgres: {tool} failed: {proc.stderr.decode(errors='replace').strip()[-800:]}",
+                               hint="Read the tool's message; `ctx status` shows whether PostgreSQL runs.", service="postgres")
         return tool_text(proc, output)
 
     # -- Chroma ------------------------------------------------------------------------------------------
