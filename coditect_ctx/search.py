@@ -372,14 +372,9 @@ class Searcher:
             self._chroma = None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.reset()
         if self._cache is not None:
             self._cache.close()
-        if self._chroma is not None:
-            self._chroma.close()
-            self._chroma = None
         if self._own_store:
             self.store.close()
 

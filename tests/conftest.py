@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +29,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_ctx(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ctx ARGS` as a real process against this store, no terminal (the timeout only guards against a hang)."""
+    return subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env={**os.environ, **settings_env(settings)},
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 def make_settings(home: Path, **extra) -> Settings:

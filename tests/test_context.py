@@ -4,9 +4,7 @@ CLI (a `ctx` subprocess) and the library."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 
 import pytest
 
@@ -14,7 +12,8 @@ from coditect_ctx import embed
 from coditect_ctx.context import build_pack
 from coditect_ctx.embed import count_tokens
 
-from .conftest import _short_tmp, _start, make_settings, settings_env
+from .conftest import _short_tmp, _start, make_settings
+from .conftest import run_ctx as ctx
 from .test_search import DEMO, _legacy_db, _migrate
 
 
@@ -29,11 +28,6 @@ def store(models_dir):
     _migrate(settings, DEMO, _legacy_db(_short_tmp("ctx-pack-src-") / "legacy-tools"))
     yield settings
     stack_job.down(settings, volumes=True)
-
-
-def ctx(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings_env(settings), "NO_COLOR": "1"}
-    return subprocess.run(["ctx", *args], capture_output=True, text=True, env=env, timeout=180)
 
 
 def loads(settings, load_id: str) -> list[tuple]:

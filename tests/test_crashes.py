@@ -20,6 +20,7 @@ from coditect_ctx.stores import Store
 from coditect_ctx.vectors import count_pending
 
 from .conftest import SAMPLES, _short_tmp, _start, make_settings, run_measured, settings_env
+from .conftest import run_ctx as _ctx
 from .test_migrate import _snapshot
 
 DEMO = SAMPLES / "coditect-demo"
@@ -59,11 +60,6 @@ def test_an_absurd_record_embeds_its_first_chunks_only_in_bounded_memory(fresh_s
 
 
 # -- SIGKILL at each named point ---------------------------------------------------------------------------
-def _ctx(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env={**os.environ, **settings_env(settings)},
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
-
-
 def _kill_at(settings, point: str, *args: str) -> None:
     """Run `ctx ARGS` with CTX_PAUSE_AT=point, wait until it reports `point: <point>` on stderr (it then holds
     still there), SIGKILL it. Fails if the run ends without reaching the point."""

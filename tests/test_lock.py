@@ -25,6 +25,7 @@ from coditect_ctx.stores import Store
 from coditect_ctx.stores.lock import LOCK_KEYS, parse_application_name
 
 from .conftest import SAMPLES, _short_tmp, _start, free_port, make_settings, settings_env
+from .conftest import run_ctx as ctx
 
 DEMO = SAMPLES / "coditect-demo"
 CHECKPOINT = "MEMORY-CONTEXT/checkpoints/2025-03-05T09-30-00Z-Redis-cache-eviction-policy-tuned.md"
@@ -33,11 +34,6 @@ BUSY = 75
 
 def _env(settings) -> dict:
     return {**os.environ, **settings_env(settings)}
-
-
-def ctx(settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env=_env(settings), capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 def spawn(settings, *args: str) -> subprocess.Popen:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -13,6 +12,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from coditect_ctx import embed
 
 from .conftest import _short_tmp, _start, make_settings, settings_env
+from .conftest import run_ctx as ctx
 from .test_search import DEMO, _migrate
 
 
@@ -27,11 +27,6 @@ def store(models_dir):
     _migrate(settings, DEMO)
     yield settings
     stack_job.down(settings, volumes=True)
-
-
-def ctx(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings_env(settings), "NO_COLOR": "1"}
-    return subprocess.run(["ctx", *args], capture_output=True, text=True, env=env, timeout=180)
 
 
 def with_server(settings, body, *flags: str):

@@ -22,6 +22,7 @@ from .conftest import (
     CORPUS, HOSTILE_LEAKS, SAMPLES, _start, _short_tmp, make_settings, settings_env, vectors_by_identity,
     write_hostile_source,
 )
+from .conftest import run_ctx as _ctx
 
 DEMO = SAMPLES / "coditect-demo"
 SECRETS = ("sk-ant-api03", "@coditect-demo.example", "hunter2", "s3cr3t")
@@ -58,12 +59,6 @@ def _snapshot(settings) -> dict:
         for kind, vectors in vectors_by_identity(store, ids).items():
             out[f"vectors:{kind}"] = vectors
     return out
-
-
-def _ctx(settings, *args, timeout=600):
-    env = {**os.environ, **settings_env(settings)}
-    return subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 # -- the samples ---------------------------------------------------------------------------------------
