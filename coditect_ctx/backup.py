@@ -6,6 +6,15 @@ Layout of `<backups>/<YYYYmmddTHHMMSSZ>/`:
   manifest.json                 versions, counts, sha256 of every file, start and end time (`ended_at`)
   verified.json                 written by `ctx backup verify`; outside the checksummed set
 
+Encrypted (CTX_BACKUP_RECIPIENTS, crypt.py): every file but the manifest is written through age as `NAME.age`.
+The manifest stays in clear, so list and a checksum verify need no key, and says
+`"encryption": {"format": "age", "recipients": [...]}`; each file's entry holds the sha256 and size of the
+encrypted bytes (`sha256`, `bytes`: checked with no key) and of the clear content (`clear_sha256`, `clear_bytes`:
+checked as restore decrypts). It holds no content: counts, names, versions, times, and the ids of rows restore
+must mark not embedded (UUIDs). A clear sha256 only confirms a guess of a whole file, which a dump carrying
+timestamps and generated ids does not allow. Restore decrypts into a staging folder under $CTX_HOME (0700,
+removed afterwards) and restores from there.
+
 Consistency while migrate writes: PostgreSQL is dumped from a snapshot that ctx exports and keeps open, and the
 same snapshot says which rows are embedded (`embedded_sha256 = content_sha256`) with how many chunks. Chroma has
 no snapshot, so only the vectors of those rows are taken, fetched by id, and only when every chunk is there and
@@ -26,19 +35,22 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from . import __version__
+from . import __version__, crypt
 from .config import Settings
 from .errors import ConfigError, DataError, ServiceError, UsageError
 from .stores import Store
 from .stores import postgres as pg
 from .kinds import COLLECTIONS, TABLES
 from .points import reach
+from .runtime import procs
 from .runtime.base import Progress
 
 FORMAT = "ctx-backup/1"
@@ -50,6 +62,7 @@ CHROMA_DIR = "chroma"
 NAME_FORMAT = "%Y%m%dT%H%M%SZ"
 _NAME = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 _PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
+STAGING_DIR = "staging"  # under $CTX_HOME: clear files of an encrypted backup while it is restored
 FETCH_IDS = 500  # vector ids per Chroma get (each answer carries 384 floats per id)
 
 Report = Callable[[str], None]
@@ -127,6 +140,80 @@ def check_files(folder: Path, manifest: dict, progress: Progress = _no_progress)
         progress("checking files", done, len(files))
 
 
+def encryption_of(manifest: dict) -> dict | None:
+    """The manifest's `encryption` ({"format": "age", "recipients": [...]}), None for a backup in clear."""
+    enc = manifest.get("encryption")
+    if enc is None:
+        return None
+    if not isinstance(enc, dict) or enc.get("format") != crypt.FORMAT or not enc.get("recipients"):
+        raise DataError(f"unknown encryption in the manifest: {enc!r}", hint=f"This ctx reads {crypt.FORMAT} encryption.")
+    return enc
+
+
+def identities_for(settings: Settings, folder: Path, manifest: dict, warn: Report = _quiet) -> list | None:
+    """The age identities that open this backup (from --identity / CTX_BACKUP_IDENTITY); None for a backup in
+    clear. UsageError (exit 2, nothing changed) when it is encrypted and no identity was given, or the one given
+    opens none of its recipients: the backup is fine, the key is not its (exit 5 would send the operator to
+    throw away a good backup)."""
+    enc = encryption_of(manifest)
+    if enc is None:
+        return None
+    recipients = [str(r) for r in enc["recipients"]]
+    shown = ", ".join(r[:16] + "..." for r in recipients[:4]) + (", ..." if len(recipients) > 4 else "")
+    if not settings.backup_identity:
+        raise UsageError(f"{folder} is encrypted (age, to {shown}): restoring it needs the identity (secret key)",
+                         hint=f"Give it with --identity FILE (or {crypt.IDENTITY_SETTING}); `ctx backup verify` "
+                              "without one checks the encrypted files' checksums.")
+    identities = crypt.load_identities(settings.backup_identity, warn)
+    if not set(crypt.public_keys(identities)) & set(recipients):
+        raise UsageError(f"The identity file {Path(settings.backup_identity).expanduser()} opens none of the "
+                         f"recipients {folder.name} was encrypted to ({shown})",
+                         hint="Use the identity of one of those public keys (`age-keygen -y key.txt` prints a key's "
+                              "public key); nothing was changed.")
+    return identities
+
+
+@contextmanager
+def staging_folder(settings: Settings) -> Iterator[Path]:
+    """A new folder under $CTX_HOME/staging (0700) for clear copies of an encrypted backup's files, removed when
+    the block ends. Folders left by a process that died (its pid in the name) are removed first."""
+    root = settings.home / STAGING_DIR
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    for old in root.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not procs.pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir(mode=0o700)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def decrypt_backup(folder: Path, manifest: dict, staging: Path, identities: list,
+                   progress: Progress = _no_progress) -> None:
+    """Each encrypted file of the backup, decrypted (streaming) into `staging` under its clear name, its clear
+    sha256 and size checked against the manifest; files stored in clear are linked. DataError on a mismatch.
+    Run after check_files, which checked the encrypted bytes."""
+    files = manifest.get("files") or {}
+    for done, (rel, meta) in enumerate(sorted(files.items()), start=1):
+        source = folder / rel
+        if "clear_sha256" not in meta:
+            (staging / rel).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (staging / rel).symlink_to(source.resolve())
+            continue
+        clear = staging / rel.removesuffix(crypt.SUFFIX)
+        clear.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sha, size = crypt.decrypt_file(source, clear, identities)
+        if sha != meta["clear_sha256"] or size != meta.get("clear_bytes"):
+            raise DataError(f"{source}: its decrypted content does not match the manifest's checksum",
+                            hint="The backup is damaged or altered (nothing was replaced); use another one "
+                                 "(`ctx backup list`).")
+        progress("decrypting files", done, len(files))
+
+
 def check_contents(folder: Path, manifest: dict, progress: Progress = _no_progress) -> None:
     """Every exported collection decompresses to its end and parses, vector by vector, with the dimension and
     the count the manifest records; DataError otherwise. Run before anything is replaced: a file damaged and
@@ -178,6 +265,41 @@ def _fsync_dir(path: Path) -> None:
 
 
 # -- taking a backup ---------------------------------------------------------------------------------------
+class BackupWriter:
+    """Where one backup's files are written: as they are, or, with recipients, through age as `NAME.age`.
+
+    `with writer.path("chroma/x.jsonl.gz") as path:` gives the path a producer writes the clear content to (a
+    file, or crypt.encrypting's pipe); when the block ends the file is in the folder under `writer.stored(rel)`.
+    `file_entries()` is the manifest's `files`: sha256 and size of what is stored, plus the clear content's."""
+
+    def __init__(self, folder: Path, recipients: list[str] | None = None) -> None:
+        self.folder = folder
+        self.recipients = list(recipients or [])
+        self.clear: dict[str, dict] = {}  # stored name -> clear_sha256, clear_bytes
+
+    def stored(self, rel: str) -> str:
+        return rel + crypt.SUFFIX if self.recipients else rel
+
+    @contextmanager
+    def path(self, rel: str) -> Iterator[Path]:
+        if not self.recipients:
+            yield self.folder / rel
+            return
+        with crypt.encrypting(self.folder / self.stored(rel), self.recipients) as (pipe, done):
+            yield pipe
+        self.clear[self.stored(rel)] = {"clear_sha256": done.clear_sha256, "clear_bytes": done.clear_bytes}
+
+    def encryption(self) -> dict | None:
+        return {"format": crypt.FORMAT, "recipients": self.recipients} if self.recipients else None
+
+    def file_entries(self) -> dict[str, dict]:
+        return {
+            str(p.relative_to(self.folder)): {"sha256": file_sha256(p), "bytes": p.stat().st_size,
+                                              **self.clear.get(str(p.relative_to(self.folder)), {})}
+            for p in sorted(self.folder.rglob("*")) if p.is_file()
+        }
+
+
 @dataclass
 class BackupResult:
     name: str
@@ -192,6 +314,7 @@ class BackupResult:
             "started_at": m["started_at"], "ended_at": m["ended_at"], "schema_version": m["schema_version"],
             "rows": m["postgres"]["rows"], "vectors": {n: c["vectors"] for n, c in m["chroma"]["collections"].items()},
             "not_embedded": {k: len(v) for k, v in m["chroma"]["not_embedded"].items()},
+            "encryption": m.get("encryption"),
         }
 
 
@@ -209,6 +332,7 @@ def create_backup(
 ) -> BackupResult:
     """Dump PostgreSQL, export the matching Chroma vectors, write the manifest, then publish by rename."""
     root = Path(dest) if dest else settings.backups_path
+    recipients = crypt.parse_recipients(settings.backup_recipients)  # a bad key stops us before anything is written
     started = utc_now()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -220,28 +344,29 @@ def create_backup(
         raise ConfigError(f"Cannot write backups to {root}: {exc.strerror or exc}",
                           hint="Choose a writable folder with --dest or CTX_BACKUP_DIR.") from exc
     try:
-        return _write_backup(settings, root, name, partial, started, report, progress)
+        return _write_backup(settings, root, name, BackupWriter(partial, recipients), started, report, progress)
     except BaseException:
         # a failed backup removes its own traces; only a killed one leaves a partial folder (prune clears it)
         shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
-def _write_backup(settings: Settings, root: Path, name: str, partial: Path, started: datetime,
+def _write_backup(settings: Settings, root: Path, name: str, files: BackupWriter, started: datetime,
                   report: Report, progress: Progress) -> BackupResult:
+    partial = files.folder
     with Store(settings) as store:
         manifest: dict = {
             "format": FORMAT, "name": name, "ctx_version": __version__, "started_at": iso(started),
             "runtime": store.runtime.name,
         }
-        report(f"backup: writing {partial}")
-        wanted = _dump_postgres(store, partial, manifest, report)
+        if files.encryption():
+            manifest["encryption"] = files.encryption()
+        report(f"backup: writing {partial}" + (f" (encrypted with age to {len(files.recipients)} recipient(s))"
+                                               if files.recipients else ""))
+        wanted = _dump_postgres(store, files, manifest, report)
         reach("backup-dump")
-        _export_chroma(store, partial, manifest, wanted, progress)
-    manifest["files"] = {
-        str(p.relative_to(partial)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(partial.rglob("*")) if p.is_file()
-    }
+        _export_chroma(store, files, manifest, wanted, progress)
+    manifest["files"] = files.file_entries()
     for p in partial.rglob("*"):
         if p.is_file():
             with open(p, "rb") as fh:
@@ -262,7 +387,7 @@ def _write_backup(settings: Settings, root: Path, name: str, partial: Path, star
     return BackupResult(name, final, size, load_manifest(final))
 
 
-def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -> dict[str, dict[str, tuple[str, int]]]:
+def _dump_postgres(store: Store, files: BackupWriter, manifest: dict, report: Report) -> dict[str, dict[str, tuple[str, int]]]:
     """pg_dump from a snapshot we hold open; return, from the same snapshot, the embedded rows per kind."""
     from psycopg import IsolationLevel
 
@@ -271,7 +396,8 @@ def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         report("postgres: pg_dump -Fc")
-        store.runtime.run_pg_tool("pg_dump", ["-Fc", "--snapshot", snapshot], output=folder / DUMP_FILE)
+        with files.path(DUMP_FILE) as output:
+            store.runtime.run_pg_tool("pg_dump", ["-Fc", "--snapshot", snapshot], output=output)
         # Read after the dump so a lock held by someone else blocks pg_dump (visible) rather than us.
         manifest["schema_version"] = pg.schema_version(conn)
         manifest["postgres"] = {
@@ -304,7 +430,7 @@ def _dump_postgres(store: Store, folder: Path, manifest: dict, report: Report) -
     return wanted
 
 
-def _export_chroma(store: Store, folder: Path, manifest: dict, wanted: dict, progress: Progress) -> None:
+def _export_chroma(store: Store, files: BackupWriter, manifest: dict, wanted: dict, progress: Progress) -> None:
     import base64
 
     import numpy as np
@@ -320,7 +446,7 @@ def _export_chroma(store: Store, folder: Path, manifest: dict, wanted: dict, pro
         rel = f"{CHROMA_DIR}/{name}.jsonl.gz"
         exists = chroma.has_collection(name)
         vectors = 0
-        with gzip.open(folder / rel, "wt", encoding="utf-8", compresslevel=3) as out:
+        with files.path(rel) as path, gzip.open(path, "wt", encoding="utf-8", compresslevel=3) as out:
             for batch in _record_batches(rows):
                 ids = [f"{rid}:{n}" for rid, (_sha, chunks) in batch for n in range(chunks)]
                 got = chroma.get(name, ids=ids, include=("metadatas", "documents", "embeddings")) if exists else {}

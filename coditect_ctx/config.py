@@ -69,6 +69,8 @@ class Settings:
     # Jobs
     backup_dir: str = ""  # default: $CTX_HOME/backups
     backup_max_age_hours: float = 26.0
+    backup_recipients: str = ""  # age public keys (age1..., comma/space separated) or recipients files: encrypt backups
+    backup_identity: str = field(default="", metadata=SECRET)  # path of the age identity file restore/verify decrypt with
     disk_warn_percent: float = 90.0
     disk_crit_percent: float = 97.0
     timeout: float = 3.0  # seconds to connect to a service; also each health check and status probe's whole budget

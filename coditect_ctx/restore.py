@@ -6,6 +6,11 @@ PostgreSQL is restored with `pg_restore --clean --if-exists --single-transaction
 deleting and recreating each collection and upserting in batches. Rows the backup holds no vectors for are
 marked not embedded, the cache generation is bumped, and the restored store is checked against the manifest.
 The kinds' tables and collections come from kinds.py.
+
+An encrypted backup (backup.py, crypt.py) needs an identity (exit 2 without one, or with one that opens none of
+its recipients: the backup is fine, the key is wrong). Its encrypted files' checksums are checked, then each is
+decrypted into a staging folder under $CTX_HOME with its clear checksum checked, and restore and verify read
+from there; `verify` without an identity checks the encrypted files' checksums only.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .backup import (
-    DUMP_FILE, Progress, Report, _no_progress, _quiet, check_contents, check_files, load_manifest,
-    read_vectors, record_verified, resolve_backup,
+    DUMP_FILE, Progress, Report, _no_progress, _quiet, check_contents, check_files, decrypt_backup, encryption_of,
+    identities_for, load_manifest, read_vectors, record_verified, resolve_backup, staging_folder,
 )
 from .config import Settings
 from .errors import CtxError, DataError, SchemaError, ServiceError, UsageError
@@ -50,9 +57,31 @@ class RestoreResult:
 
 
 def check_restorable(folder: Path, progress: Progress = _no_progress) -> dict:
-    """Manifest, file checksums and schema version; the manifest when the backup may be restored."""
+    """Manifest, file checksums and schema version; the manifest when the backup (in clear) may be restored."""
     manifest = load_manifest(folder)
     check_files(folder, manifest, progress)
+    return _check_clear(folder, manifest, progress)
+
+
+@contextmanager
+def opened_backup(settings: Settings, folder: Path, progress: Progress = _no_progress,
+                  warn: Report = _quiet) -> Iterator[tuple[Path, dict]]:
+    """(the folder holding the backup's clear files, its manifest) once every check passed: the manifest, the
+    stored files' checksums and, for an encrypted backup, the identity, then every file decrypted into a staging
+    folder with its clear checksum; then contents and schema version. The staging folder goes when the block ends."""
+    manifest = load_manifest(folder)
+    identities = identities_for(settings, folder, manifest, warn)  # before the long checks: a missing key says so now
+    check_files(folder, manifest, progress)
+    if identities is None:
+        yield folder, _check_clear(folder, manifest, progress)
+        return
+    with staging_folder(settings) as staging:
+        decrypt_backup(folder, manifest, staging, identities, progress)
+        yield staging, _check_clear(staging, manifest, progress)
+
+
+def _check_clear(folder: Path, manifest: dict, progress: Progress) -> dict:
+    """Contents (every vector parses) and schema version of a backup whose files are in clear in `folder`."""
     check_contents(folder, manifest, progress)
     latest = pg.latest_version()
     if int(manifest.get("schema_version") or 0) > latest:
@@ -79,7 +108,7 @@ def target_holds_data(store: Store) -> list[str]:
 
 def restore_backup(
     settings: Settings, ref: str | Path, yes: bool = False, report: Report = _quiet, progress: Progress = _no_progress,
-    wait: float = 0.0,
+    wait: float = 0.0, warn: Report = _quiet,
 ) -> RestoreResult:
     """Replace the store's PostgreSQL data and Chroma collections with a backup's, then check the result.
 
@@ -87,7 +116,14 @@ def restore_backup(
     lock: `pg_restore --clean` recreating the tables leaves it held)."""
     start = time.monotonic()
     folder = resolve_backup(settings, ref)
-    manifest = check_restorable(folder, progress)
+    with opened_backup(settings, folder, progress, warn) as (source, manifest):
+        result = _restore(settings, folder, source, manifest, yes, report, progress, wait)
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
+
+
+def _restore(settings: Settings, folder: Path, source: Path, manifest: dict, yes: bool, report: Report,
+             progress: Progress, wait: float) -> RestoreResult:
     result = RestoreResult(backup=str(folder))
     with Store(settings) as store, store.writer_lock("restore", wait=wait, report=report):
         held = target_holds_data(store)
@@ -98,7 +134,7 @@ def restore_backup(
                 hint="Take a backup of it first (`ctx backup`), then run `ctx restore BACKUP --yes`.",
             )
         report("postgres: pg_restore --clean --if-exists --single-transaction")
-        restore_postgres(store, folder, dbname=None)
+        restore_postgres(store, source, dbname=None)
         result.schema_applied = pg.migrate_schema(store.pg_url)  # a backup of an older ctx gets the newer schema
         with store.pg() as conn:
             result.marked_not_embedded = mark_not_embedded(conn, manifest)
@@ -107,7 +143,7 @@ def restore_backup(
                          (generation_before,))
             result.data_generation = pg.bump_generation(conn)
             conn.commit()
-        restore_chroma(store.chroma, folder, manifest, prefix="", progress=progress)
+        restore_chroma(store.chroma, source, manifest, prefix="", progress=progress)
         with store.pg() as conn:
             problems = compare_with_manifest(conn, store.chroma, manifest, prefix="")
             result.rows = pg.table_counts(conn)
@@ -117,7 +153,6 @@ def restore_backup(
                             hint="Run `ctx backup verify` on the backup; restore another one if it fails.")
         result.checks.append("counts match the manifest")
         result.checks += run_validate_hook(settings)
-    result.seconds = round(time.monotonic() - start, 3)
     return result
 
 
@@ -260,28 +295,37 @@ class VerifyResult:
 
 
 def verify_backup(
-    settings: Settings, ref: str | Path, report: Report = _quiet, progress: Progress = _no_progress
+    settings: Settings, ref: str | Path, report: Report = _quiet, progress: Progress = _no_progress,
+    warn: Report = _quiet,
 ) -> VerifyResult:
     """Restore into CREATE DATABASE ctx_verify_<random> and collections verify_<random>_*, compare with the
-    manifest, always drop the scratch copies, and record the outcome in verified.json. Raises when it fails."""
+    manifest, always drop the scratch copies, and record the outcome in verified.json. Raises when it fails.
+
+    An encrypted backup with no identity given gets its encrypted files' checksums checked, no test restore
+    (and no verified.json unless it fails: `backup list`'s "verified" means test-restored)."""
     start = time.monotonic()
     folder = resolve_backup(settings, ref)
     token = secrets.token_hex(4)
     scratch_db, prefix = f"ctx_verify_{token}", f"verify_{token}_"
     try:
-        manifest = check_restorable(folder, progress)
-        with Store(settings) as store:
+        manifest = load_manifest(folder)
+        if encryption_of(manifest) and not settings.backup_identity:
+            check_files(folder, manifest, progress)
+            detail = (f"encrypted backup: the {len(manifest['files'])} encrypted files match their checksums; not "
+                      "test-restored (that needs the identity: --identity FILE)")
+            return VerifyResult(str(folder), True, detail, "", "", round(time.monotonic() - start, 3))
+        with opened_backup(settings, folder, progress, warn) as (source, manifest), Store(settings) as store:
             created = False
             try:
                 with store.pg(autocommit=True) as conn:
                     conn.execute(f'CREATE DATABASE "{scratch_db}"')
                     created = True
                 report(f"verify: restoring into database {scratch_db} and collections {prefix}*")
-                restore_postgres(store, folder, dbname=scratch_db)
+                restore_postgres(store, source, dbname=scratch_db)
                 with pg.connect(_url_for_db(store.pg_url, scratch_db)) as conn:
                     mark_not_embedded(conn, manifest)
                     conn.commit()
-                    restore_chroma(store.chroma, folder, manifest, prefix, progress)
+                    restore_chroma(store.chroma, source, manifest, prefix, progress)
                     problems = compare_with_manifest(conn, store.chroma, manifest, prefix)
             finally:
                 _drop_scratch(store, scratch_db if created else None, prefix)
@@ -289,7 +333,7 @@ def verify_backup(
             raise DataError("Test restore does not match the manifest: " + "; ".join(problems),
                             hint="Do not rely on this backup; take a new one (`ctx backup`).")
     except CtxError as exc:
-        if (folder / "manifest.json").exists():
+        if (folder / "manifest.json").exists() and not isinstance(exc, UsageError):  # a wrong key is not the backup's fault
             record_verified(folder, False, exc.message)
         raise
     detail = f"restored into scratch copies; {len(manifest['files'])} checksums and all counts match"

@@ -18,6 +18,14 @@ DestOpt = Annotated[
 ]
 
 
+IdentityOpt = Annotated[
+    Path | None,
+    typer.Option("--identity", "-i", metavar="FILE", show_default=False,
+                 help="age identity file (secret key) that opens an encrypted backup (CTX_BACKUP_IDENTITY). "
+                      "Keep it off the machine that takes the backups."),
+]
+
+
 def _backup_names(ctx: typer.Context) -> list[str]:
     from ..backup import list_backups
 
@@ -38,8 +46,8 @@ def register(app: typer.Typer) -> None:
     app.command()(restore)
 
 
-def _settings(ctx: typer.Context, dest: Path | None):
-    return settings(ctx, backup_dir=str(dest) if dest else None)
+def _settings(ctx: typer.Context, dest: Path | None, identity: Path | None = None):
+    return settings(ctx, backup_dir=str(dest) if dest else None, backup_identity=str(identity) if identity else None)
 
 
 def _note(json_out: bool):
@@ -63,21 +71,26 @@ def backup(ctx: typer.Context, dest: DestOpt = None, json_out: JsonOpt = False) 
         else:
             vectors = sum(c["vectors"] for c in result.manifest["chroma"]["collections"].values())
             rows = sum(result.manifest["postgres"]["rows"].values())
+            enc = result.manifest.get("encryption")
             print(f"backup {result.name}: {rows} rows, {vectors} vectors, {output.human_bytes(result.size_bytes)}"
-                  f" at {result.path}")
+                  f" at {result.path}" + (f", encrypted (age) to {len(enc['recipients'])} recipient(s)" if enc else ""))
         return 0
 
     output.run(body, json_out)
 
 
 @backup_app.command()
-def verify(ctx: typer.Context, backup: BackupArg, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
-    """Test-restore a backup into a scratch database and scratch collections, compare, then remove them."""
+def verify(ctx: typer.Context, backup: BackupArg, identity: IdentityOpt = None, dest: DestOpt = None,
+           json_out: JsonOpt = False) -> None:
+    """Test-restore a backup into a scratch database and scratch collections, compare, then remove them.
+
+    An encrypted backup is test-restored with --identity; without one its encrypted files' checksums are checked."""
     from ..restore import verify_backup
 
     def body() -> int:
         with _progress(json_out) as progress:
-            result = verify_backup(_settings(ctx, dest), backup, report=_note(json_out), progress=progress)
+            result = verify_backup(_settings(ctx, dest, identity), backup, report=_note(json_out), progress=progress,
+                                   warn=output.note)
         if json_out:
             output.emit_json(result.as_dict())
         else:
@@ -154,19 +167,21 @@ def restore(
     ctx: typer.Context,
     backup: BackupArg,
     yes: YesOpt = False,
+    identity: IdentityOpt = None,
     dest: DestOpt = None,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Replace the store's data with a backup's (checksums and schema checked first), then validate it.
 
+    An encrypted backup needs --identity (exit 2 without it, or with one that is not its key).
     Exit 75 when another command is changing the store (see --wait)."""
     from ..restore import restore_backup
 
     def body() -> int:
         with _progress(json_out) as progress:
-            result = restore_backup(_settings(ctx, dest), backup, yes=yes, report=_note(json_out), progress=progress,
-                                    wait=wait)
+            result = restore_backup(_settings(ctx, dest, identity), backup, yes=yes, report=_note(json_out),
+                                    progress=progress, wait=wait, warn=output.note)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:
