@@ -57,10 +57,6 @@ CHUNK_FANOUT = 3
 TRIGRAM_THRESHOLD = 0.3
 # Part of every cache key: change it whenever ranking or output changes, so old cached pages are not served.
 SEARCH_VERSION = "search-v1"
-# Chroma answers a search query in well under a second; one that takes longer than this many connect timeouts
-# (CTX_TIMEOUT) is hung, and the search answers from PostgreSQL alone rather than wait CTX_CHROMA_READ_TIMEOUT,
-# which is sized for bulk writes.
-SEARCH_READ_TIMEOUTS = 4
 
 _HL_START, _HL_STOP = "\ue000", "\ue001"
 _HEADLINE_OPTS = (f'StartSel="{_HL_START}", StopSel="{_HL_STOP}", MaxWords=16, MinWords=6, '
@@ -262,29 +258,33 @@ def relaxed_text(text: str) -> str:
     return " or ".join(w for w in words if w != "or")
 
 
-def _text_sql(query: SearchQuery, n: int) -> str:
-    """Full-text and trigram candidates of every asked type in one statement: (engine, type, id, score)."""
-    parts = []
+def _text_sql(query: SearchQuery, n: int) -> list[tuple[str, str]]:
+    """The PostgreSQL engines' statements, (engine, SQL) for "text" and "trigram": each gives (type, id, score) rows,
+    at most `n` per asked type, every filter applied before the cut."""
+    text, trigram = [], []
     for name in query.types:
         kind = KINDS[name]
         where = _where(kind, query)
         # A record matching the user's exact websearch query (all words / the phrase) ranks above one that only
         # matches some words; among equals, ts_rank_cd (cover density, normalised by log length: flag 1).
-        parts.append(
-            f"""(SELECT 'text' AS engine, '{name}' AS type, t.id,
+        text.append(
+            f"""(SELECT '{name}' AS type, t.id,
                         ts_rank_cd(t.search_vector, q.relaxed, 1)
                         + CASE WHEN t.search_vector @@ q.strict THEN 1.0 ELSE 0.0 END AS score
                  FROM {kind.table} t {kind.joins} CROSS JOIN q
                  WHERE t.search_vector @@ q.relaxed{where}
                  ORDER BY score DESC LIMIT {n})""")
         if kind.trigram and WEIGHTS.get("trigram", 0) > 0:
-            parts.append(
-                f"""(SELECT 'trigram' AS engine, '{name}' AS type, t.id, similarity({kind.title}, %(trgm)s) AS score
+            trigram.append(
+                f"""(SELECT '{name}' AS type, t.id, similarity({kind.title}, %(trgm)s) AS score
                      FROM {kind.table} t {kind.joins}
                      WHERE {kind.title} %% %(trgm)s{where}
                      ORDER BY score DESC LIMIT {n})""")
-    return ("WITH q AS (SELECT websearch_to_tsquery('english', %(q)s) AS strict, "
-            "websearch_to_tsquery('english', %(relaxed)s) AS relaxed)\n" + "\nUNION ALL\n".join(parts))
+    statements = [("text", "WITH q AS (SELECT websearch_to_tsquery('english', %(q)s) AS strict, "
+                           "websearch_to_tsquery('english', %(relaxed)s) AS relaxed)\n" + "\nUNION ALL\n".join(text))]
+    if trigram:
+        statements.append(("trigram", "\nUNION ALL\n".join(trigram)))
+    return statements
 
 
 def _hydrate_sql(types: Iterable[str]) -> str:
@@ -336,7 +336,7 @@ class Searcher:
         self._own_store = store is None
         self._conn = None
         self._cache: Cache | None = None
-        self._chroma = None
+        self._chromas: dict[str, Any] = {}  # one Chroma client per collection: the collections are asked at once
         self._embedder = None
 
     # connections, opened on first use
@@ -345,12 +345,14 @@ class Searcher:
             self._conn = self.store.pg(autocommit=True)
         return self._conn
 
-    @property
-    def chroma(self):
-        """A Chroma client whose reads are bounded for queries (SEARCH_READ_TIMEOUTS x CTX_TIMEOUT), not bulk writes."""
-        if self._chroma is None:
-            self._chroma = self.store.open_chroma(read_timeout=SEARCH_READ_TIMEOUTS * self.settings.timeout)
-        return self._chroma
+    def chroma(self, name: str):
+        """The Chroma client that asks `name`'s collection. Its answers are bounded by CTX_TIMEOUT, not by
+        CTX_CHROMA_READ_TIMEOUT (sized for bulk writes): Chroma answers a search query in milliseconds, so one that
+        takes seconds is hung, and a hybrid search answers from PostgreSQL alone rather than wait for it."""
+        client = self._chromas.get(name)
+        if client is None:
+            client = self._chromas[name] = self.store.open_chroma(read_timeout=self.settings.timeout)
+        return client
 
     @property
     def cache(self) -> Cache:
@@ -367,9 +369,9 @@ class Searcher:
             except Exception:
                 pass
             self._conn = None
-        if self._chroma is not None:
-            self._chroma.close()
-            self._chroma = None
+        for client in self._chromas.values():
+            client.close()
+        self._chromas.clear()
 
     def close(self) -> None:
         self.reset()
@@ -416,7 +418,9 @@ class Searcher:
         result.seconds = round(time.perf_counter() - started, 4)
         page = None
         if render is not None:
+            t0 = time.perf_counter()
             page = render(result)
+            timings["render"] = time.perf_counter() - t0
             if not result.degraded:
                 cache.set_bytes(page_key, page.encode("utf-8"))
         timings["total"] = time.perf_counter() - started
@@ -427,7 +431,9 @@ class Searcher:
                         ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, dict[tuple[str, str], float]]]:
         """Each engine's best-first candidates as (type, id) keys, and their raw scores (before fusion).
 
-        With Chroma down or hung, a hybrid search goes on without the semantic ranking and says why in `degraded`
+        The semantic branch (the query vector, then one Chroma query per collection, all at once) runs in a thread
+        while PostgreSQL ranks the full text and the titles. Each Chroma answer is bounded by CTX_TIMEOUT: with Chroma
+        down or hung, a hybrid search goes on without the semantic ranking and says why in `degraded`
         ({"semantic": reason}); a semantic-only search cannot, and raises ServiceError suggesting --mode text.
         Public for the benchmark, which tunes the fusion on these lists without re-running the engines.
         """
@@ -436,29 +442,23 @@ class Searcher:
         n = max(MIN_CANDIDATES, CANDIDATE_FACTOR * query.limit)
         rankings: dict[str, list[tuple[str, str]]] = {}
         raw: dict[str, dict[tuple[str, str], float]] = {}
-        relaxed = relaxed_text(query.text)
-        embedding = None
+        semantic = None
         if query.mode in ("hybrid", "semantic"):
-            # The query vector (a model load on a first search) is made while PostgreSQL ranks the full text.
-            embedding = _Background(self._query_vector, query.text, cache)
+            semantic = _Background(self._semantic, query, cache, n, timings)
         if query.mode in ("hybrid", "text"):
-            t0 = time.perf_counter()
-            params = {**_params(query), "q": query.text, "relaxed": relaxed, "trgm": query.text[:200]}
-            for engine, type_, rid, score in self.conn().execute(_text_sql(query, n), params):
-                key = (type_, str(rid))
-                rankings.setdefault(engine, []).append(key)
-                raw.setdefault(engine, {})[key] = float(score)
-            for engine in rankings:
-                rankings[engine].sort(key=lambda k, e=engine: -raw[e][k])
-                rankings[engine] = rankings[engine][:n]
-            timings["text"] = time.perf_counter() - t0
-        if embedding is not None:
-            t0 = time.perf_counter()
-            vector = embedding.result()
-            timings["embed_wait"] = time.perf_counter() - t0
+            params = {**_params(query), "q": query.text, "relaxed": relaxed_text(query.text), "trgm": query.text[:200]}
+            for engine, sql in _text_sql(query, n):
+                t0 = time.perf_counter()
+                rows = self.conn().execute(sql, params).fetchall()
+                timings[engine] = time.perf_counter() - t0
+                if rows:
+                    rows.sort(key=lambda row: -row[2])  # stable: equal scores keep the kinds' order
+                    rankings[engine] = [(type_, str(rid)) for type_, rid, _ in rows[:n]]
+                    raw[engine] = {(type_, str(rid)): float(score) for type_, rid, score in rows[:n]}
+        if semantic is not None:
             t0 = time.perf_counter()
             try:
-                found = self._vector_candidates(query, vector, n)
+                found = semantic.result()
             except ServiceError as exc:
                 if query.mode == "semantic":
                     raise ServiceError(f"semantic search needs Chroma: {exc.message}", service="chroma",
@@ -467,18 +467,19 @@ class Searcher:
                 if degraded is None:
                     raise
                 degraded["semantic"] = exc.message
-                found = []
             else:
                 rankings["semantic"] = [key for key, _ in found]
                 raw["semantic"] = dict(found)
-            timings["semantic"] = time.perf_counter() - t0
+            timings["semantic_wait"] = time.perf_counter() - t0
         return rankings, raw
 
     def _run(self, query: SearchQuery, generation: int, cache: Cache, timings: dict) -> SearchResult:
         degraded: dict[str, str] = {}
         rankings, raw = self.engine_rankings(query, cache, timings, degraded)
         relaxed = relaxed_text(query.text)
+        t0 = time.perf_counter()
         fused = weighted_rrf(rankings, WEIGHTS, RRF_K)[: query.limit]
+        timings["fusion"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         details = self._hydrate([f.key for f in fused], relaxed)
         timings["hydrate"] = time.perf_counter() - t0
@@ -509,26 +510,52 @@ class Searcher:
         cache.set_bytes(key, array("f", vector).tobytes(), ttl=7 * 86400)
         return vector
 
-    def _vector_candidates(self, query: SearchQuery, vector: list[float], n: int) -> list[tuple[tuple[str, str], float]]:
-        """Chroma's nearest chunks per type, collapsed to records (best chunk), as (key, cosine similarity)."""
-        from .stores.chroma import ChromaHTTPError, record_id_of
-
+    def _semantic(self, query: SearchQuery, cache: Cache, n: int, timings: dict) -> list[tuple[tuple[str, str], float]]:
+        """The semantic branch: the query vector, then Chroma's nearest chunks of every asked type (one request per
+        collection, all at once), collapsed to records (best chunk), as (key, cosine similarity) best first."""
+        t0 = time.perf_counter()
+        vector = self._query_vector(query.text, cache)
+        timings["embed"] = time.perf_counter() - t0
         where = _chroma_where(query)
+        t0 = time.perf_counter()
+        if len(query.types) == 1:
+            answers = [self._nearest(query.types[0], vector, n, where, timings)]
+        else:
+            calls = [_Background(self._nearest, name, vector, n, where, timings) for name in query.types]
+            answers = []
+            errors = []
+            for call in calls:  # every call is joined (its client is reused), then the first error is raised
+                try:
+                    answers.append(call.result())
+                except BaseException as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        timings["chroma"] = time.perf_counter() - t0
         best: dict[tuple[str, str], float] = {}
-        for name in query.types:
-            try:
-                answer = self.chroma.query(COLLECTIONS[name], vector, n_results=n * CHUNK_FANOUT, where=where,
-                                                 include=("distances",))
-            except ChromaHTTPError as exc:
-                if exc.status in (400, 404):  # collection not created yet: nothing to find there
-                    continue
-                raise
-            for vid, distance in zip((answer.get("ids") or [[]])[0], (answer.get("distances") or [[]])[0]):
-                key = (name, record_id_of(vid))
-                similarity = 1.0 - float(distance)
+        for found in answers:
+            for key, similarity in found:
                 if similarity > best.get(key, -2.0):
                     best[key] = similarity
         return sorted(best.items(), key=lambda kv: -kv[1])[:n]
+
+    def _nearest(self, name: str, vector: list[float], n: int, where: dict | None,
+                 timings: dict) -> list[tuple[tuple[str, str], float]]:
+        """One collection's nearest chunks as ((type, record id), cosine similarity); none when it does not exist."""
+        from .stores.chroma import ChromaHTTPError, record_id_of
+
+        t0 = time.perf_counter()
+        try:
+            answer = self.chroma(name).query(COLLECTIONS[name], vector, n_results=n * CHUNK_FANOUT, where=where,
+                                             include=("distances",))
+        except ChromaHTTPError as exc:
+            if exc.status in (400, 404):  # collection not created yet: nothing to find there
+                return []
+            raise
+        finally:
+            timings[f"chroma:{name}"] = time.perf_counter() - t0
+        return [((name, record_id_of(vid)), 1.0 - float(distance))
+                for vid, distance in zip((answer.get("ids") or [[]])[0], (answer.get("distances") or [[]])[0])]
 
     def _hydrate(self, keys: list[tuple[str, str]], relaxed: str) -> dict[tuple[str, str], tuple]:
         if not keys:
@@ -556,7 +583,7 @@ class _Background:
             except BaseException as exc:  # handed to the caller in result()
                 self._error = exc
 
-        self._thread = threading.Thread(target=target, name="ctx-query-vector", daemon=True)
+        self._thread = threading.Thread(target=target, name=f"ctx-{getattr(fn, '__name__', 'call')}", daemon=True)
         self._thread.start()
 
     def result(self) -> Any:

@@ -368,6 +368,44 @@ def test_search_and_validate_with_chroma_hung(migrated):
     assert _ctx("validate", env=env).returncode == 0
 
 
+def test_hybrid_search_with_chroma_hung_gives_the_text_answer_without_waiting_for_it(migrated):
+    """Every collection is asked at once, beside the full-text SQL, each answer bounded by CTX_TIMEOUT (not by
+    CTX_CHROMA_READ_TIMEOUT): a hung Chroma leaves a hybrid search with exactly the text mode's answer."""
+    import threading
+
+    from coditect_ctx.runtime import procs
+    from coditect_ctx.runtime.local import LocalRuntime
+    from coditect_ctx.search import Searcher, make_query
+
+    from .conftest import with_settings
+
+    settings = with_settings(migrated, timeout=1.0, chroma_read_timeout=3600.0)
+    question = "how should the chroma client retry"
+    with Searcher(settings) as searcher:
+        text = searcher.search(make_query(question, mode="text"), use_cache=False).result
+        filtered = searcher.search(make_query(question, mode="text", submodule="demo-core", limit=3), use_cache=False).result
+    pid = procs.read_pid(LocalRuntime(settings).run / "chroma.pid")
+    answers: dict = {}
+
+    def hybrid() -> None:
+        with Searcher(settings) as searcher:
+            answers["all"] = searcher.search(make_query(question), use_cache=False).result
+            answers["filtered"] = searcher.search(make_query(question, submodule="demo-core", limit=3), use_cache=False).result
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        worker = threading.Thread(target=hybrid, daemon=True)
+        worker.start()
+        worker.join(120)  # a guard against a hang (the read timeout is an hour), not a measure of speed
+        assert not worker.is_alive(), "hybrid search waited for the hung Chroma"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for name, alone in (("all", text), ("filtered", filtered)):
+        result = answers[name]
+        assert result.degraded == ["semantic"] and "timed out" in result.degraded_reason, result.degraded_reason
+        assert result.hits and [(h.type, h.id, h.score) for h in result.hits] == [(h.type, h.id, h.score) for h in alone.hits]
+
+
 def test_search_and_validate_with_chroma_dead(migrated):
     env = _with_chroma_unavailable(migrated, "dead")
     assert _ctx("setup", env=env).returncode == 0

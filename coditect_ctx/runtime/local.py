@@ -61,6 +61,37 @@ def find_chroma() -> Path | None:
     return Path(found) if found else None
 
 
+def machine_memory() -> int:
+    """Bytes of memory this machine gives us: physical memory, or a smaller cgroup (container) limit."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = int(Path(limit_file).read_text().strip())
+        except (OSError, ValueError):  # no such cgroup, or "max"
+            continue
+        total = min(total, limit)
+    return total
+
+
+def pg_memory_settings(memory: int) -> dict[str, str]:
+    """The embedded PostgreSQL's memory and planner settings for a machine with `memory` bytes.
+
+    A search reads the GIN indexes and the rows they point to: shared_buffers (1/8 of memory, 128 MB to 1 GB: the
+    server shares the machine with Chroma, Redis and the user's own work) keeps them in PostgreSQL's cache;
+    effective_cache_size tells the planner the OS caches about half of memory more. work_mem 16 MB keeps a search's
+    bitmaps exact and its sorts in memory (50 connections x a few sorts stays far under memory). JIT is off: it
+    compiles a query for 50-100 ms when its estimated cost is high, and a search's estimates are (a common word
+    matches thousands of rows) while the query itself takes milliseconds.
+    """
+    mb = memory // (1024 * 1024)
+    return {
+        "shared_buffers": f"{max(128, min(1024, mb // 8))}MB",
+        "effective_cache_size": f"{max(256, mb // 2)}MB",
+        "work_mem": "16MB",
+        "jit": "off",
+    }
+
+
 class LocalRuntime(Runtime):
     name = "local"
 
@@ -368,9 +399,10 @@ class LocalRuntime(Runtime):
             "listen_addresses = '127.0.0.1'\n"
             f"port = {self.settings.pg_port}\n"
             "unix_socket_directories = ''\n"
-            "shared_buffers = '128MB'\n"
             "max_connections = 50\n"
             "log_min_messages = warning\n"
+            "# Sized to this machine's memory at `ctx setup` (see pg_memory_settings).\n"
+            + "".join(f"{name} = '{value}'\n" for name, value in pg_memory_settings(machine_memory()).items())
         )
         if os.geteuid() == 0:
             entry = pwd.getpwnam(PG_SYSTEM_USER)
