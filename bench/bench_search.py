@@ -293,7 +293,7 @@ STAGES = [  # (timings key, what it is); the semantic branch runs in a thread be
 def in_process(settings, queries: list[str], rounds: int) -> dict:
     """Warm Searcher, cache off: p50/p95 per mode, and every stage of the hybrid runs (from the real code path's
     timings); the hybrid page is rendered by the CLI's own renderer, timed apart from the search."""
-    from coditect_ctx.commands.search import TableRenderer
+    from coditect_ctx.commands.search_fast import TableRenderer
 
     renderer = TableRenderer()
     with Searcher(settings) as searcher:

@@ -1,4 +1,4 @@
-"""`ctx search`'s fast path (commands/search.py parse_fast) parses exactly as Typer does, or leaves the line to Typer."""
+"""`ctx search`'s fast path (commands/search_fast.py parse_fast) parses exactly as Typer does, or leaves the line to Typer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import typer.main
 
 from coditect_ctx.cli import app
-from coditect_ctx.commands import search as search_cmd
+from coditect_ctx.commands import search_fast as search_cmd
 
 FAST, TYPER = "fast", "typer"  # FAST: the fast path takes the line (same params as Typer); TYPER: it must decline
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Iterator
 
 import typer
 
-from .. import output
+from .. import __version__, output
 from ..config import Settings, load_settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -22,6 +23,21 @@ RuntimeOpt = Annotated[
     typer.Option("--runtime", help="Where services run: auto, local, docker or external (default: what setup chose).",
                  show_default=False),
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ctx {__version__}")
+        raise typer.Exit()
+
+
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option("--home", help="Data directory (CTX_HOME); default: the XDG data dir.")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """The options before the command (`ctx --home DIR search ...`): the app's callback (cli.py)."""
+    ctx.obj = {"home": home} if home else {}
 
 
 def settings(ctx: typer.Context, **flags: Any) -> Settings:
