@@ -355,7 +355,7 @@ def explain(settings, question: str) -> None:
         rankings, _ = searcher.engine_rankings(query)
         keys = [f.key for f in fusion.weighted_rrf(rankings, s.WEIGHTS, s.RRF_K)[: query.limit]]
         types = [t for t in s.TYPES if any(k[0] == t for k in keys)]
-        hydrate = {"relaxed": relaxed, "hl": s._HEADLINE_OPTS, **{f"{t}_ids": [k[1] for k in keys if k[0] == t] for t in types}}
+        hydrate = {"relaxed": relaxed, "hl": s.HEADLINE_OPTS, **{f"{t}_ids": [k[1] for k in keys if k[0] == t] for t in types}}
         statements.append(("hydrate", s._hydrate_sql(types)))
         for name, sql in statements:
             plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, hydrate if name == "hydrate" else params).fetchall()

@@ -7,8 +7,8 @@ How one query runs (mode `hybrid`):
 3. Full text + trigram candidates in one SQL statement; the query vector (Redis-cached; onnxruntime only on a
    miss) -> Chroma candidates per type. Every filter is applied inside each engine (SQL WHERE, Chroma `where`)
    before its candidates are cut, never to the fused top N.
-4. Weighted reciprocal rank fusion (fusion.py), then one SQL round trip fetches titles, dates and ts_headline
-   snippets for the final page only.
+4. Weighted reciprocal rank fusion (fusion.py), then one SQL round trip fetches titles, dates and the text of the
+   final page's records with their matches marked (ts_headline over a bounded slice); snippets.py cuts the snippet.
 
 Heavy imports (psycopg, onnxruntime) happen inside functions; the redis package (0.15-0.3 s to import: it pulls
 in asyncio and OpenTelemetry) is replaced on this path by a small RESP client behind the same Cache class.
@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 from .config import Settings
 from .errors import ServiceError, UsageError
 from .fusion import weighted_rrf
+from .snippets import HEADLINE_OPTS, SNIPPET_CHARS, SOURCE_CHARS, snippet as make_snippet
 from .kinds import COLLECTIONS, KINDS, NAMES, Kind
 from .stores.cache import Cache, cache_key
 
@@ -56,13 +57,8 @@ MIN_CANDIDATES = 30
 CHUNK_FANOUT = 3
 TRIGRAM_THRESHOLD = 0.3
 # Part of every cache key: change it whenever ranking or output changes, so old cached pages are not served.
-SEARCH_VERSION = "search-v1"
+SEARCH_VERSION = "search-v2"
 
-_HL_START, _HL_STOP = "\ue000", "\ue001"
-_HEADLINE_OPTS = (f'StartSel="{_HL_START}", StopSel="{_HL_STOP}", MaxWords=16, MinWords=6, '
-                  'MaxFragments=2, FragmentDelimiter=" … "')
-SNIPPET_CHARS = 200
-_MARKUP = re.compile(r"\*\*|__|`+|(?:^|\s)#{1,6}(?=\s)|^>\s|\[[ xX]\]")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _WEB_OPERATORS = re.compile(r'"|(^|\s)-\w|\s(or|OR)\s')
 
@@ -293,7 +289,7 @@ def _hydrate_sql(types: Iterable[str]) -> str:
         kind = KINDS[name]
         parts.append(
             f"""SELECT '{name}', t.id::text, {kind.title}, r.name, {kind.date},
-                       ts_headline('english', left({kind.body}, 20000), q.relaxed, %(hl)s)
+                       ts_headline('english', left({kind.body}, {SOURCE_CHARS}), q.relaxed, %(hl)s)
                 FROM {kind.table} t {kind.joins}
                 LEFT JOIN submodule_registry r ON r.id = t.submodule_id CROSS JOIN q
                 WHERE t.id = ANY(%({name}_ids)s::uuid[])""")
@@ -319,8 +315,8 @@ def _chroma_where(query: SearchQuery) -> dict | None:
 
 def _tuning() -> list:
     """Everything besides the query that decides an answer: part of the cache key."""
-    return [WEIGHTS, RRF_K, CANDIDATE_FACTOR, MIN_CANDIDATES, CHUNK_FANOUT, TRIGRAM_THRESHOLD, _HEADLINE_OPTS,
-            SNIPPET_CHARS]
+    return [WEIGHTS, RRF_K, CANDIDATE_FACTOR, MIN_CANDIDATES, CHUNK_FANOUT, TRIGRAM_THRESHOLD, HEADLINE_OPTS,
+            SNIPPET_CHARS, SOURCE_CHARS]
 
 
 # -- the job ---------------------------------------------------------------------------------------------
@@ -489,7 +485,7 @@ class Searcher:
             if row is None:  # a vector whose row is gone (deleted since): not an answer
                 continue
             title, submodule, date, headline = row
-            snippet, spans = _highlights(headline)
+            snippet, spans = make_snippet(headline, title)
             scores = {e: {"rank": r, "score": round(raw[e][f.key], 6)} for e, r in f.ranks.items()}
             hits.append(Hit(len(hits) + 1, f.key[0], f.key[1], _one_line(title), submodule,
                             date.isoformat() if date else None, snippet, spans, round(f.score, 6), scores))
@@ -561,7 +557,7 @@ class Searcher:
         if not keys:
             return {}
         types = [t for t in TYPES if any(k[0] == t for k in keys)]
-        params: dict[str, Any] = {"relaxed": relaxed, "hl": _HEADLINE_OPTS}
+        params: dict[str, Any] = {"relaxed": relaxed, "hl": HEADLINE_OPTS}
         for t in types:
             params[f"{t}_ids"] = [k[1] for k in keys if k[0] == t]
         rows = self.conn().execute(_hydrate_sql(types), params).fetchall()
@@ -596,31 +592,6 @@ class _Background:
 def _one_line(text: str | None, width: int = 200) -> str:
     flat = " ".join((text or "").split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def _highlights(headline: str | None) -> tuple[str, list[list[int]]]:
-    """ts_headline's marked text -> plain one-line snippet (Markdown markers dropped, at most SNIPPET_CHARS)
-    + the [start, end) spans to highlight."""
-    flat = " ".join(_MARKUP.sub(" ", headline or "").split())
-    out: list[str] = []
-    spans: list[list[int]] = []
-    pos = 0
-    start = None
-    for ch in flat:
-        if ch == _HL_START:
-            start = pos
-        elif ch == _HL_STOP:
-            if start is not None and pos > start:
-                spans.append([start, pos])
-            start = None
-        else:
-            out.append(ch)
-            pos += 1
-    text = "".join(out)
-    if len(text) > SNIPPET_CHARS:
-        text = text[: SNIPPET_CHARS - 1].rstrip() + "…"
-        spans = [[a, min(b, len(text) - 1)] for a, b in spans if a < len(text) - 1]
-    return text, spans
 
 
 def search(settings: Settings, query: SearchQuery, render: Renderer | None = None,
