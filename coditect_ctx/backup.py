@@ -108,8 +108,17 @@ def load_manifest(folder: Path) -> dict:
         raise UsageError(f"{folder} is not a complete ctx backup (no {MANIFEST})",
                          hint="`ctx backup list` shows the backups; partial folders cannot be restored.")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})", hint="The backup is damaged; use another one.") from exc
+    return parse_manifest(text, str(path))
+
+
+def parse_manifest(data: bytes, path: str) -> dict:
+    """A manifest's bytes, checked (checksum, format); `path` names it in the DataError when they fail."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: unreadable manifest ({exc})", hint="The backup is damaged; use another one.") from exc
     if not isinstance(manifest, dict) or manifest.get("checksum") != manifest_checksum(manifest):
         raise DataError(f"{path}: checksum mismatch (the manifest was altered or damaged)",
@@ -328,9 +337,14 @@ def _new_name(root: Path, now: datetime) -> str:
 
 
 def create_backup(
-    settings: Settings, dest: Path | None = None, report: Report = _quiet, progress: Progress = _no_progress
+    settings: Settings, dest: Path | None = None, report: Report = _quiet, progress: Progress = _no_progress,
+    publish: bool = True,
 ) -> BackupResult:
-    """Dump PostgreSQL, export the matching Chroma vectors, write the manifest, then publish by rename."""
+    """Dump PostgreSQL, export the matching Chroma vectors, write the manifest, then publish by rename.
+
+    `publish=False` (staging for repositories elsewhere): the folder keeps its `.<name>.partial` name and its
+    manifest the name `manifest.json.pending`, so it never lists or counts as a local backup; the caller uploads
+    and removes it (prune removes it after a day if the run was killed)."""
     root = Path(dest) if dest else settings.backups_path
     recipients = crypt.parse_recipients(settings.backup_recipients)  # a bad key stops us before anything is written
     started = utc_now()
@@ -344,7 +358,8 @@ def create_backup(
         raise ConfigError(f"Cannot write backups to {root}: {exc.strerror or exc}",
                           hint="Choose a writable folder with --dest or CTX_BACKUP_DIR.") from exc
     try:
-        return _write_backup(settings, root, name, BackupWriter(partial, recipients), started, report, progress)
+        return _write_backup(settings, root, name, BackupWriter(partial, recipients), started, report, progress,
+                             publish)
     except BaseException:
         # a failed backup removes its own traces; only a killed one leaves a partial folder (prune clears it)
         shutil.rmtree(partial, ignore_errors=True)
@@ -352,7 +367,7 @@ def create_backup(
 
 
 def _write_backup(settings: Settings, root: Path, name: str, files: BackupWriter, started: datetime,
-                  report: Report, progress: Progress) -> BackupResult:
+                  report: Report, progress: Progress, publish: bool = True) -> BackupResult:
     partial = files.folder
     with Store(settings) as store:
         manifest: dict = {
@@ -377,6 +392,9 @@ def _write_backup(settings: Settings, root: Path, name: str, files: BackupWriter
     write_manifest(partial, manifest, PENDING_MANIFEST)
     _fsync_dir(partial / CHROMA_DIR)
     _fsync_dir(partial)
+    if not publish:
+        manifest = parse_manifest((partial / PENDING_MANIFEST).read_bytes(), str(partial / PENDING_MANIFEST))
+        return BackupResult(name, partial, _folder_size(partial), manifest)
     final = root / name
     os.rename(partial, final)
     os.rename(final / PENDING_MANIFEST, final / MANIFEST)
@@ -524,13 +542,15 @@ class BackupInfo:
     verified_at: str | None = None
     problem: str = ""
     unfinished: bool = False  # interrupted before it was published: prune removes it after a day
+    changed_at: datetime | None = None  # an unfinished backup in object storage: when it was last written
 
     def as_dict(self, now: datetime | None = None) -> dict:
         out = asdict(self)
         out["path"] = str(self.path)
         out["ended_at"] = iso(self.ended_at) if self.ended_at else None
-        ref = self.ended_at
-        if ref is None and self.path.exists():  # a partial folder: age since it was last written
+        out.pop("changed_at")
+        ref = self.ended_at or self.changed_at
+        if ref is None and isinstance(self.path, Path) and self.path.exists():  # a partial folder: age since it was last written
             ref = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
         out["age_hours"] = round(((now or utc_now()) - ref).total_seconds() / 3600, 2) if ref else None
         return out
@@ -571,11 +591,29 @@ def list_backups(root: Path) -> list[BackupInfo]:
     return found
 
 
+def newest_in(root: Path) -> tuple[Path, datetime] | None:
+    """The newest complete backup under `root` (a folder with a manifest), by its recorded end time; cheap (no
+    checksum): what health reports."""
+    if not root.is_dir():
+        return None
+    best = None
+    for manifest in root.glob("*/manifest.json"):
+        try:
+            data = json.loads(manifest.read_text())
+            ended = parse_iso(data.get("ended_at") or data.get("end_time"))
+        except (OSError, ValueError, TypeError, AttributeError):  # unreadable, not JSON, not an object, no date
+            continue
+        if best is None or ended > best[1]:
+            best = (manifest.parent, ended)
+    return best
+
+
 @dataclass
 class PrunePlan:
     keep: dict[str, list[str]] = field(default_factory=dict)  # name -> reasons
     delete: list[str] = field(default_factory=list)
     partial_delete: list[str] = field(default_factory=list)
+    aborted_uploads: list[str] = field(default_factory=list)  # object storage: multipart uploads a killed run left
     deleted: bool = False
 
     def as_dict(self) -> dict:

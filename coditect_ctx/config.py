@@ -68,6 +68,8 @@ class Settings:
     docker_pull: str = "missing"  # setup pulls missing images; "never" (--no-pull) for air-gapped hosts
     # Jobs
     backup_dir: str = ""  # default: $CTX_HOME/backups
+    backup_repos: str = ""  # comma-separated repositories `ctx backup` writes to: folders and s3://bucket/prefix
+    s3_endpoint_url: str = field(default="", metadata=URL)  # S3-compatible service (MinIO, GCS); default: AWS's own
     backup_max_age_hours: float = 26.0
     backup_recipients: str = ""  # age public keys (age1..., comma/space separated) or recipients files: encrypt backups
     backup_identity: str = field(default="", metadata=SECRET)  # path of the age identity file restore/verify decrypt with

@@ -8,7 +8,6 @@ The kinds' tables and collections the drift check compares come from kinds.py.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ class Check:
     message: str
     # perfdata: label -> (value, unit, warn, crit, min, max)
     metrics: dict[str, tuple] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # what tells apart checks of one kind (a backup's repo)
 
     @property
     def status_name(self) -> str:
@@ -167,34 +167,44 @@ def check_drift(store: Store, timeout: float) -> Check:
 
 
 def newest_backup(settings: Settings) -> tuple[Path, datetime] | None:
-    """The newest complete backup (one with a manifest), by its recorded end time."""
-    root = settings.backups_path
-    if not root.is_dir():
-        return None
-    best = None
-    for manifest in root.glob("*/manifest.json"):
-        try:
-            data = json.loads(manifest.read_text())
-            ended = datetime.fromisoformat(str(data.get("ended_at") or data.get("end_time")).replace("Z", "+00:00"))
-        except (OSError, ValueError, TypeError, AttributeError):  # unreadable, not JSON, not an object, no date
-            continue
-        if ended.tzinfo is None:
-            ended = ended.replace(tzinfo=timezone.utc)
-        if best is None or ended > best[1]:
-            best = (manifest.parent, ended)
-    return best
+    """The newest complete backup (one with a manifest) in the local backups folder, by its recorded end time."""
+    from .backup import newest_in
+
+    return newest_in(settings.backups_path)
 
 
-def check_backup(settings: Settings) -> Check | None:
-    found = newest_backup(settings)
-    if found is None:
-        return None
-    path, ended = found
-    age_h = (datetime.now(timezone.utc) - ended).total_seconds() / 3600
+def check_backup(settings: Settings, url: str | None = None) -> Check | None:
+    """Age of the newest complete backup in one repository (default: the local backups folder). Object storage
+    costs one listing and one small GET, within CTX_TIMEOUT; one that cannot be reached, or holds no complete
+    backup yet, is a WARNING naming it. A local folder without backups is no check at all (a new store)."""
     limit = settings.backup_max_age_hours
+    url = url or str(settings.backups_path)
+    local = url == str(settings.backups_path)
+    name, labels = ("backup", {}) if local else (f"backup {url}", {"repo": url})
+    if local:
+        found = newest_backup(settings)
+        newest = (found[0].name, found[1]) if found else None
+    else:
+        from .repos import open_repo
+
+        try:
+            newest = open_repo(settings, url, quick=True).newest()
+        except CtxError as exc:
+            return Check(name, WARNING, f"backup repository unreachable: {exc.message}", labels=labels)
+    if newest is None:
+        return None if local else Check(name, WARNING, f"no complete backup in {url} yet", labels=labels)
+    backup, ended = newest
+    age_h = (datetime.now(timezone.utc) - ended).total_seconds() / 3600
     status = WARNING if age_h > limit else OK
-    return Check("backup", status, f"newest backup {path.name} is {age_h:.1f} h old (limit {limit:g} h)",
-                 {"backup_age_hours": (round(age_h, 2), "", limit, None, 0, None)})
+    where = "" if local else f" in {url}"
+    return Check(name, status, f"newest backup {backup}{where} is {age_h:.1f} h old (limit {limit:g} h)",
+                 {"backup_age_hours": (round(age_h, 2), "", limit, None, 0, None)}, labels=labels)
+
+
+def backup_repos(settings: Settings) -> list[str]:
+    from .repos import configured
+
+    return configured(settings)
 
 
 def _guarded(name: str, check, *args) -> Check | None:
@@ -213,14 +223,13 @@ def run_health(settings: Settings) -> HealthReport:
         store.endpoints  # resolve once, before the threads share it
     except CtxError as exc:
         return HealthReport([Check("config", UNKNOWN, exc.message)], time.monotonic() - start, "?")
-    with ThreadPoolExecutor(max_workers=5) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [
             pool.submit(_guarded, "postgres", check_postgres, store, t),
             pool.submit(_guarded, "chroma", check_chroma, store, t),
             pool.submit(_guarded, "redis", check_redis, store, t),
             pool.submit(_guarded, "disk", check_disk, settings),
-            pool.submit(_guarded, "backup", check_backup, settings),
-        ]
+        ] + [pool.submit(_guarded, "backup", check_backup, settings, url) for url in backup_repos(settings)]
         checks = [f.result() for f in futures]
     checks = [c for c in checks if c is not None]
     by_name = {c.name: c for c in checks}
@@ -242,6 +251,7 @@ def render_nagios(report: HealthReport) -> str:
     perf = []
     for c in report.checks:
         for label, (value, unit, warn, crit, lo, hi) in c.metrics.items():
+            label = " ".join([label, *c.labels.values()])
             perf.append(f"'{label}'={_perf_value(value)}{unit};{_perf_value(warn)};{_perf_value(crit)};"
                         f"{_perf_value(lo)};{_perf_value(hi)}")
     perf.append(f"'duration'={report.duration_s:.3f}s;;;0;")
@@ -272,10 +282,14 @@ def render_prometheus(report: HealthReport) -> str:
                    [(f'{{check="{c.name}"}}', c.status) for c in report.checks])
     lines += gauge("ctx_check_up", "1 when the check passed (OK), else 0.",
                    [(f'{{check="{c.name}"}}', 1 if c.status == OK else 0) for c in report.checks])
-    metrics = {label: value for c in report.checks for label, (value, *_rest) in c.metrics.items()}
-    for label, value in sorted(metrics.items()):
+    metrics: dict[str, list[tuple[str, object]]] = {}  # label -> samples, one per check (a backup per repository)
+    for c in report.checks:
+        tags = "{" + ",".join(f'{k}="{v}"' for k, v in c.labels.items()) + "}" if c.labels else ""
+        for label, (value, *_rest) in c.metrics.items():
+            metrics.setdefault(label, []).append((tags, value))
+    for label, samples in sorted(metrics.items()):
         name, help_text, factor = PROMETHEUS_METRICS.get(label, (f"ctx_{label}", f"{label} (as in the Nagios perfdata).", 1))
-        lines += gauge(name, help_text, [("", _perf_value(round(value * factor, 6)))])
+        lines += gauge(name, help_text, [(tags, _perf_value(round(value * factor, 6))) for tags, value in samples])
     lines += gauge("ctx_health_duration_seconds", "Wall time the health run took, in seconds.",
                    [("", f"{report.duration_s:.3f}")])
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ POINTS = {
     "embed-batch": "migrate: one embedding batch stored and marked, the next not started",
     "embed-upserted": "migrate: a batch's vectors upserted into Chroma, its rows not yet marked embedded",
     "backup-dump": "backup: PostgreSQL dumped into the partial folder, vectors not exported",
+    "backup-upload": "backup: the first file uploaded to object storage, the others and the manifest not",
     "restore-load": "restore: PostgreSQL replaced and one collection reloaded, the others not",
 }
 

@@ -19,19 +19,21 @@ import json
 import secrets
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 from .backup import (
     DUMP_FILE, Progress, Report, _no_progress, _quiet, check_contents, check_files, decrypt_backup, encryption_of,
-    identities_for, load_manifest, read_vectors, record_verified, resolve_backup, staging_folder,
+    identities_for, load_manifest, read_vectors, record_verified, staging_folder,
 )
 from .config import Settings
 from .errors import CtxError, DataError, SchemaError, ServiceError, UsageError
 from .kinds import COLLECTIONS, TABLES
 from .points import reach
+from .repos import local_copy
 from .stores import Store
+from .stores.s3 import is_s3_url
 from .stores import postgres as pg
 from .stores.chroma import Chroma
 
@@ -113,11 +115,14 @@ def restore_backup(
     """Replace the store's PostgreSQL data and Chroma collections with a backup's, then check the result.
 
     Everything from the first look at the target to the final check holds the store's writer lock (an advisory
-    lock: `pg_restore --clean` recreating the tables leaves it held)."""
+    lock: `pg_restore --clean` recreating the tables leaves it held). `ref` in object storage (s3://.../NAME) is
+    downloaded to a staging folder first (repos.local_copy), checked and restored from there like a local one."""
     start = time.monotonic()
-    folder = resolve_backup(settings, ref)
-    with opened_backup(settings, folder, progress, warn) as (source, manifest):
-        result = _restore(settings, folder, source, manifest, yes, report, progress, wait)
+    with local_copy(settings, ref, report, progress) as folder:
+        with opened_backup(settings, folder, progress, warn) as (source, manifest):
+            result = _restore(settings, folder, source, manifest, yes, report, progress, wait)
+    if is_s3_url(ref):
+        result.backup = str(ref)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 
@@ -302,9 +307,16 @@ def verify_backup(
     manifest, always drop the scratch copies, and record the outcome in verified.json. Raises when it fails.
 
     An encrypted backup with no identity given gets its encrypted files' checksums checked, no test restore
-    (and no verified.json unless it fails: `backup list`'s "verified" means test-restored)."""
+    (and no verified.json unless it fails: `backup list`'s "verified" means test-restored). A backup in object
+    storage is downloaded to a staging folder first; its verified.json goes back beside it."""
     start = time.monotonic()
-    folder = resolve_backup(settings, ref)
+    with local_copy(settings, ref, report, progress) as folder:
+        result = _verify_folder(settings, folder, report, progress, warn, start)
+    return replace(result, backup=str(ref)) if is_s3_url(ref) else result
+
+
+def _verify_folder(settings: Settings, folder: Path, report: Report, progress: Progress, warn: Report,
+                   start: float) -> VerifyResult:
     token = secrets.token_hex(4)
     scratch_db, prefix = f"ctx_verify_{token}", f"verify_{token}_"
     try:

@@ -32,8 +32,20 @@ def _backup_names(ctx: typer.Context) -> list[str]:
     return [b.name for b in list_backups(completion_settings(ctx).backups_path) if b.complete]
 
 
-BackupArg = Annotated[str, typer.Argument(help="A backup folder, or a backup name from `ctx backup list`.",
-                                          autocompletion=complete(_backup_names))]
+BackupArg = Annotated[str, typer.Argument(help="A backup folder, a backup name from `ctx backup list`, or "
+                                               "s3://BUCKET/PREFIX/NAME.", autocompletion=complete(_backup_names))]
+ToOpt = Annotated[
+    list[str] | None,
+    typer.Option("--to", metavar="REPO", show_default=False,
+                 help="Write the backup to this repository: s3://BUCKET/PREFIX or a folder; repeat for several "
+                      "(default: CTX_BACKUP_REPOS, else the backups folder)."),
+]
+RepoOpt = Annotated[
+    list[str] | None,
+    typer.Option("--repo", metavar="REPO", show_default=False,
+                 help="Only this repository (s3://BUCKET/PREFIX or a folder); repeatable "
+                      "(default: CTX_BACKUP_REPOS, else the backups folder)."),
+]
 
 backup_app = typer.Typer(
     help="Take a backup (PostgreSQL dump + Chroma export + manifest); verify, list and prune backups.",
@@ -54,70 +66,96 @@ def _note(json_out: bool):
     return (lambda msg: None) if json_out else output.note
 
 
+def _repos(ctx: typer.Context, dest: Path | None, repo: list[str] | None):
+    """--repo, else --dest (that folder alone), else the configured repositories."""
+    from ..repos import repos
+
+    conf = _settings(ctx, dest)
+    chosen = list(repo or []) or ([str(conf.backups_path)] if dest or (ctx.obj or {}).get("backup_dir") else None)
+    return conf, repos(conf, chosen)
+
+
 @backup_app.callback()
-def backup(ctx: typer.Context, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
-    """Take a backup now: one folder named by UTC time, published only when complete. Made for cron."""
+def backup(ctx: typer.Context, dest: DestOpt = None, to: ToOpt = None, json_out: JsonOpt = False) -> None:
+    """Take a backup now: one folder named by UTC time, published only when complete, written to every
+    repository (--to, CTX_BACKUP_REPOS) in the same run. Made for cron."""
     if ctx.invoked_subcommand is not None:
         if dest:  # `ctx backup --dest DIR list` means the same as `ctx backup list --dest DIR`
             ctx.ensure_object(dict)["backup_dir"] = str(dest)
         return
-    from ..backup import create_backup
+    from ..repos import backup_to
 
     def body() -> int:
         with _progress(json_out) as progress:
-            result = create_backup(_settings(ctx, dest), report=_note(json_out), progress=progress)
+            result = backup_to(_settings(ctx, dest), to or None, report=_note(json_out), progress=progress)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:
-            vectors = sum(c["vectors"] for c in result.manifest["chroma"]["collections"].values())
-            rows = sum(result.manifest["postgres"]["rows"].values())
-            enc = result.manifest.get("encryption")
-            print(f"backup {result.name}: {rows} rows, {vectors} vectors, {output.human_bytes(result.size_bytes)}"
-                  f" at {result.path}" + (f", encrypted (age) to {len(enc['recipients'])} recipient(s)" if enc else ""))
+            made = result.backup
+            vectors = sum(c["vectors"] for c in made.manifest["chroma"]["collections"].values())
+            rows = sum(made.manifest["postgres"]["rows"].values())
+            enc = made.manifest.get("encryption")
+            print(f"backup {made.name}: {rows} rows, {vectors} vectors, {output.human_bytes(made.size_bytes)}"
+                  f" at {', '.join(result.locations)}"
+                  + (f", encrypted (age) to {len(enc['recipients'])} recipient(s)" if enc else ""))
         return 0
 
     output.run(body, json_out)
 
 
 @backup_app.command()
-def verify(ctx: typer.Context, backup: BackupArg, identity: IdentityOpt = None, dest: DestOpt = None,
-           json_out: JsonOpt = False) -> None:
+def verify(
+    ctx: typer.Context,
+    backup: BackupArg,
+    restore_: Annotated[bool, typer.Option("--restore", help="For s3://...: also download it and test-restore it "
+                                           "(a local backup is always test-restored).")] = False,
+    identity: IdentityOpt = None,
+    dest: DestOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Test-restore a backup into a scratch database and scratch collections, compare, then remove them.
 
-    An encrypted backup is test-restored with --identity; without one its encrypted files' checksums are checked."""
+    An encrypted backup is test-restored with --identity; without one its encrypted files' checksums are checked.
+    A backup in object storage: every object's checksum, streamed (no key needed); --restore for the test restore."""
+    from ..repos import check_remote
     from ..restore import verify_backup
+    from ..stores.s3 import is_s3_url
 
     def body() -> int:
         with _progress(json_out) as progress:
-            result = verify_backup(_settings(ctx, dest, identity), backup, report=_note(json_out), progress=progress,
-                                   warn=output.note)
+            if is_s3_url(backup) and not restore_:
+                result = check_remote(_settings(ctx, dest), backup, progress=progress)
+            else:
+                result = verify_backup(_settings(ctx, dest, identity), backup, report=_note(json_out),
+                                       progress=progress, warn=output.note).as_dict()
         if json_out:
-            output.emit_json(result.as_dict())
+            output.emit_json(result)
         else:
-            print(f"verified {result.backup}: {result.detail}")
+            print(f"verified {result['backup']}: {result['detail']}")
         return 0
 
     output.run(body, json_out)
 
 
 @backup_app.command("list")
-def list_(ctx: typer.Context, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
-    """Backups, newest first, with size, age and verified state."""
-    from ..backup import list_backups
+def list_(ctx: typer.Context, repo: RepoOpt = None, dest: DestOpt = None, json_out: JsonOpt = False) -> None:
+    """Backups of every repository (or --repo), newest first, with size, age and verified state."""
 
     def body() -> int:
-        found = list_backups(_settings(ctx, dest).backups_path)
-        data = [b.as_dict() for b in found]
+        _conf, chosen = _repos(ctx, dest, repo)
+        data = [{"repo": r.url, **b.as_dict()} for r in chosen for b in r.backups()]
         if json_out:
             output.emit_json(data)
             return 0
-        rows = [
-            [d["name"], "complete" if d["complete"] else d["problem"] or "incomplete", output.human_bytes(d["size_bytes"]),
-             "-" if d["age_hours"] is None else f"{d['age_hours']:.1f} h",
-             {True: "ok", False: "FAILED", None: "not verified"}[d["verified"]] + (f" {d['verified_at']}" if d["verified_at"] else "")]
-            for d in data
-        ]
-        output.console().print(output.table("ctx backups", ["name", "state", "size", "age", "verified"], rows))
+        for r in chosen:
+            rows = [
+                [d["name"], "complete" if d["complete"] else d["problem"] or "incomplete", output.human_bytes(d["size_bytes"]),
+                 "-" if d["age_hours"] is None else f"{d['age_hours']:.1f} h",
+                 {True: "ok", False: "FAILED", None: "not verified"}[d["verified"]] + (f" {d['verified_at']}" if d["verified_at"] else "")]
+                for d in data if d["repo"] == r.url
+            ]
+            title = "ctx backups" if len(chosen) == 1 and r.kind == "local" else f"ctx backups in {r.url}"
+            output.console().print(output.table(title, ["name", "state", "size", "age", "verified"], rows))
         return 0
 
     output.run(body, json_out)
@@ -131,33 +169,40 @@ def prune(
     keep_monthly: Annotated[int, typer.Option("--keep-monthly", help="... of each of the last N months.")] = 6,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
     yes: YesOpt = False,
+    repo: RepoOpt = None,
     dest: DestOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Apply a retention policy (GFS); never removes the newest backup; removes partial folders older than a day."""
-    from ..backup import prune_backups
+    """Apply a retention policy (GFS) in each repository (or --repo); never removes the newest backup; removes
+    unfinished backups (and, in object storage, multipart uploads) older than a day."""
 
     def body() -> int:
-        root = _settings(ctx, dest).backups_path
-        plan = prune_backups(root, keep_daily, keep_weekly, keep_monthly, dry_run=True)
-        doomed = plan.delete + plan.partial_delete
+        _conf, chosen = _repos(ctx, dest, repo)
+        keep = (keep_daily, keep_weekly, keep_monthly)
+        plans = [r.prune(*keep, dry_run=True) for r in chosen]
+        doomed = sum(len(p.delete + p.partial_delete) for p in plans)
         if not dry_run and doomed and not yes:
             if not sys.stdin.isatty():
                 from ..errors import UsageError
 
-                raise UsageError(f"prune would remove {len(doomed)} backup folder(s)",
+                raise UsageError(f"prune would remove {doomed} backup folder(s)",
                                  hint="Add --yes to confirm when not at a terminal, or --dry-run to look first.")
-            typer.confirm(f"Remove {len(doomed)} backup folder(s) from {root}?", abort=True)
+            typer.confirm(f"Remove {doomed} backup folder(s) from {', '.join(r.url for r in chosen)}?", abort=True)
         if not dry_run:
-            plan = prune_backups(root, keep_daily, keep_weekly, keep_monthly, report=_note(json_out))
+            plans = [r.prune(*keep, report=_note(json_out)) for r in chosen]
         if json_out:
-            output.emit_json(plan.as_dict())
+            data = [{"repo": r.url, **p.as_dict()} for r, p in zip(chosen, plans)]
+            output.emit_json(data[0] if len(data) == 1 else data)
         else:
             verb = "would remove" if dry_run else "removed"
-            for name in doomed:
-                print(f"{verb} {name}")
-            for name, reasons in plan.keep.items():
-                print(f"keep {name} ({', '.join(reasons)})")
+            for r, plan in zip(chosen, plans):
+                where = "" if len(chosen) == 1 else f" in {r.url}"
+                for name in plan.delete + plan.partial_delete:
+                    print(f"{verb} {name}{where}")
+                for key in plan.aborted_uploads:
+                    print(f"{'would abort' if dry_run else 'aborted'} the unfinished upload {key}{where}")
+                for name, reasons in plan.keep.items():
+                    print(f"keep {name}{where} ({', '.join(reasons)})")
         return 0
 
     output.run(body, json_out)

@@ -1,0 +1,392 @@
+"""Backups in S3-compatible object storage, against real S3 servers started here on 127.0.0.1: moto's server mode
+(with its IAM checks on, so wrong keys are refused as by AWS) and, as a second implementation, the npm package
+s3rver (installed by .ci/run; skipped elsewhere when absent). Every user-visible step goes through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from coditect_ctx import backup as bk
+from coditect_ctx import stack as stack_job
+from coditect_ctx.kinds import COLLECTIONS
+from coditect_ctx.stores import Store
+
+from .conftest import REPO, SAMPLES, _short_tmp, _start, free_port, make_settings, settings_env
+from .test_backup import pg_snapshot
+
+DEMO = SAMPLES / "coditect-demo"
+BUCKET = "ctx-backups"
+S3RVER = REPO / ".ci" / "s3rver" / "node_modules" / ".bin" / "s3rver"
+QUERIES = ("retry policy for the embedding batch", "redis cache eviction", "schema migration checkpoint")
+
+
+class Server:
+    """A running S3 server: its endpoint and a pair of keys it accepts."""
+
+    def __init__(self, kind: str, proc: subprocess.Popen, endpoint: str, key_id: str, secret: str):
+        self.kind, self.proc, self.endpoint, self.key_id, self.secret = kind, proc, endpoint, key_id, secret
+
+    def env(self, **changes: str) -> dict[str, str]:
+        """What ctx needs to reach it: the standard AWS variables, nothing from ~/.aws."""
+        env = {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_REGION": "us-east-1",
+               "CTX_S3_ENDPOINT_URL": self.endpoint, "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE":
+               "/nonexistent"}
+        env.update(changes)
+        return env
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret,
+                            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"))
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents") or [])
+
+
+def _wait_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"S3 server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("S3 server did not start")
+
+
+def _start_moto(tmp: Path) -> Server:
+    """moto_server with authentication on after the first three requests: those create the IAM user, its policy
+    and its keys, so from then on it refuses unknown keys and bad signatures as AWS does."""
+    import boto3
+
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "moto.log", "w"))
+    _wait_port(port, proc)
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="ctx")
+    iam.put_user_policy(UserName="ctx", PolicyName="backups", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="ctx")["AccessKey"]
+    server = Server("moto", proc, endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    server.client().create_bucket(Bucket=BUCKET)
+    return server
+
+
+def _start_s3rver(tmp: Path) -> Server:
+    if not S3RVER.exists():
+        message = f"s3rver not installed at {S3RVER} (.ci/run installs it with npm)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    proc = subprocess.Popen([str(S3RVER), "-d", str(tmp / "s3rver"), "-a", "127.0.0.1", "-p", str(port),
+                             "--configure-bucket", BUCKET], stdout=subprocess.DEVNULL, stderr=open(tmp / "s3rver.log", "w"))
+    _wait_port(port, proc)
+    return Server("s3rver", proc, f"http://127.0.0.1:{port}", "S3RVER", "S3RVER")
+
+
+def _stop(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def moto():
+    tmp = _short_tmp("ctx-moto-")
+    server = _start_moto(tmp)
+    yield server
+    _stop(server)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["moto", "s3rver"])
+def any_s3(request):
+    """Each S3 implementation in turn: the same round trip must pass on both."""
+    if request.param == "moto":
+        yield request.getfixturevalue("moto")
+        return
+    tmp = _short_tmp("ctx-s3rver-")
+    server = _start_s3rver(tmp)
+    yield server
+    _stop(server)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo(models_dir):
+    """A store of this module's own with the sample data migrated and embedded."""
+    settings = make_settings(_short_tmp("ctx-s3-"))
+    _start(settings, models_dir)
+    done = _ctx(settings, {}, "migrate", str(DEMO), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    yield settings
+    stack_job.down(settings, volumes=True)
+
+
+def _ctx(settings, env: dict[str, str], *args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coditect_ctx", *args],
+                          env={**os.environ, **settings_env(settings), **env}, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=600, **kw)
+
+
+def _answers(settings) -> list:
+    """What search answers for a few questions: ids, in order, with their text (the user's view)."""
+    out = []
+    for query in QUERIES:
+        proc = _ctx(settings, {}, "search", query, "--json", "--limit", "5")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        found = json.loads(proc.stdout)
+        assert found["degraded"] == [] and found["results"], found
+        out.append([(h["id"], h["title"], h["snippet"], round(h["score"], 6)) for h in found["results"]])
+    return out
+
+
+def _one_error(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """Exit `code`, one `Error:` line naming `words` and a `Hint:`, no traceback."""
+    err = proc.stderr
+    assert proc.returncode == code, f"exit {proc.returncode}: {proc.stdout}{err}"
+    assert "Traceback" not in err and err.count("Error:") == 1 and "Hint:" in err, err
+    line = next(ln for ln in err.splitlines() if ln.startswith("Error:"))
+    for word in words:
+        assert word in line, line
+    return line
+
+
+def _local(settings) -> list[str]:
+    """What the local backups folder holds (a staging copy would show here)."""
+    root = settings.backups_path
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def _staged(settings) -> list[str]:
+    root = settings.home / "staging"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def _counts(settings) -> tuple:
+    with Store(settings) as store:
+        return pg_snapshot(store), {n: store.chroma.count(n) for n in COLLECTIONS.values()}
+
+
+# -- the round trip, on each implementation ----------------------------------------------------------------
+def test_round_trip_through_object_storage(demo, any_s3):
+    settings, server = demo, any_s3
+    repo = f"s3://{BUCKET}/rt-{server.kind}"
+    env = server.env()
+    before, answers = _counts(settings), _answers(settings)
+    local_before = _local(settings)
+
+    made = _ctx(settings, env, "backup", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    result = json.loads(made.stdout)
+    name = result["name"]
+    assert result["repos"] == [f"{repo}/{name}"] and result["path"] == f"{repo}/{name}"
+    keys = server.keys(f"rt-{server.kind}/{name}/")
+    assert f"rt-{server.kind}/{name}/manifest.json" in keys
+    assert f"rt-{server.kind}/{name}/postgres.dump" in keys
+    # no local repository asked for: the staging copy is gone, and nothing local counts as a backup
+    assert _local(settings) == local_before
+
+    listed = _ctx(settings, env, "backup", "list", "--repo", repo, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["name"], r["complete"], r["repo"]) for r in rows] == [(name, True, repo)]
+    assert rows[0]["size_bytes"] > 0 and rows[0]["verified"] is None
+
+    checked = _ctx(settings, env, "backup", "verify", f"{repo}/{name}", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["ok"] is True
+    tested = _ctx(settings, env, "backup", "verify", f"{repo}/{name}", "--restore", "--json")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    listed = json.loads(_ctx(settings, env, "backup", "list", "--repo", repo, "--json").stdout)
+    assert listed[0]["verified"] is True  # verified.json went back beside the manifest
+
+    health = _ctx(settings, {**env, "CTX_BACKUP_REPOS": repo}, "health", "--json")
+    check = next(c for c in json.loads(health.stdout)["checks"] if c["name"] == f"backup {repo}")
+    assert check["status"] == "OK" and name in check["message"], check
+
+    # the store is lost; a new one is restored from object storage
+    down = _ctx(settings, {}, "down", "--volumes", "--yes")
+    assert down.returncode == 0, down.stdout + down.stderr
+    stack_job.setup(settings, prepare_model=False)
+    restored = _ctx(settings, env, "restore", f"{repo}/{name}", "--json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert json.loads(restored.stdout)["backup"] == f"{repo}/{name}"
+    assert _staged(settings) == []  # the downloaded copy is removed
+    check = _ctx(settings, {}, "validate")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert _counts(settings) == before
+    assert _answers(settings) == answers
+
+
+# -- a run killed half-way through its upload ---------------------------------------------------------------
+def test_killed_upload_is_never_listed_restored_or_counted(demo, moto):
+    settings, env = demo, moto.env()
+    repo = f"s3://{BUCKET}/killed"
+    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "backup", "--to", repo],
+                            env={**os.environ, **settings_env(settings), **env, "CTX_PAUSE_AT": "backup-upload"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.strip() == "point: backup-upload":
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    keys = moto.keys("killed/")
+    assert keys and not any(k.endswith("/manifest.json") for k in keys)  # some data went up, no manifest
+    name = keys[0].split("/")[1]
+
+    listed = json.loads(_ctx(settings, env, "backup", "list", "--repo", repo, "--json").stdout)
+    assert [(r["name"], r["complete"], r["unfinished"]) for r in listed] == [(name, False, True)]
+    refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes")
+    _one_error(refused, 2, f"{repo}/{name}", "not a complete ctx backup")
+    health = _ctx(settings, {**env, "CTX_BACKUP_REPOS": repo}, "health", "--json")
+    check = next(c for c in json.loads(health.stdout)["checks"] if c["name"] == f"backup {repo}")
+    assert check["status"] == "WARNING" and "no complete backup" in check["message"]
+    # the staging folder left on local disk is an unfinished backup there too, never a complete one
+    assert [b.complete for b in bk.list_backups(settings.backups_path)] == [False]
+
+    again = _ctx(settings, env, "backup", "--to", repo, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    listed = json.loads(_ctx(settings, env, "backup", "list", "--repo", repo, "--json").stdout)
+    assert sorted((r["complete"], r["unfinished"]) for r in listed) == [(False, True), (True, False)]
+
+    # a day later prune removes the unfinished backup and aborts a multipart upload a killed run left
+    from coditect_ctx.backup import utc_now
+    from coditect_ctx.config import load_settings
+    from coditect_ctx.repos import open_repo
+
+    s3c = moto.client()
+    stale = s3c.create_multipart_upload(Bucket=BUCKET, Key=f"killed/{name}/postgres.dump")["UploadId"]
+    os.environ.update(env)
+    try:
+        repository = open_repo(load_settings(**{"home": str(settings.home)}), repo)
+        plan = repository.prune(7, 4, 6, now=utc_now() + timedelta(days=2))
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert plan.partial_delete == [name] and plan.delete == []
+    assert plan.aborted_uploads == [f"killed/{name}/postgres.dump"]
+    assert not any(u["UploadId"] == stale for u in s3c.list_multipart_uploads(Bucket=BUCKET).get("Uploads") or [])
+    listed = json.loads(_ctx(settings, env, "backup", "list", "--repo", repo, "--json").stdout)
+    assert [r["complete"] for r in listed] == [True]
+
+
+# -- a tampered object ---------------------------------------------------------------------------------------
+def test_tampered_object_is_refused_and_the_store_unchanged(demo, moto):
+    settings, env = demo, moto.env()
+    repo = f"s3://{BUCKET}/tamper"
+    made = _ctx(settings, env, "backup", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    s3c = moto.client()
+    key = f"tamper/{name}/chroma/{COLLECTIONS['message']}.jsonl.gz"
+    data = bytearray(s3c.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    s3c.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    before = _counts(settings)
+
+    checked = _ctx(settings, env, "backup", "verify", f"{repo}/{name}")
+    _one_error(checked, 5, key.split("/", 1)[1], "checksum mismatch")
+    refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes")
+    _one_error(refused, 5, "checksum mismatch")
+    assert _counts(settings) == before
+    assert _staged(settings) == []
+
+
+# -- prune per repository ------------------------------------------------------------------------------------
+def test_prune_applies_the_retention_plan_in_object_storage(demo, moto, tmp_path):
+    settings, env = demo, moto.env()
+    repo = f"s3://{BUCKET}/gfs"
+    s3c = moto.client()
+    names = ["20261101T020000Z", "20261120T020000Z", "20261128T020000Z", "20261129T020000Z", "20261129T140000Z"]
+    for name in names:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "postgres.dump").write_bytes(b"dump " + name.encode())
+        ended = f"{name[:4]}-{name[4:6]}-{name[6:8]}T{name[9:11]}:{name[11:13]}:00Z"
+        bk.write_manifest(folder, {"format": bk.FORMAT, "name": name, "ended_at": ended,
+                                   "files": {"postgres.dump": {"sha256": bk.file_sha256(folder / "postgres.dump"),
+                                                               "bytes": (folder / "postgres.dump").stat().st_size}}})
+        for rel in ("postgres.dump", "manifest.json"):
+            s3c.upload_file(str(folder / rel), BUCKET, f"gfs/{name}/{rel}")
+
+    unconfirmed = _ctx(settings, env, "backup", "prune", "--repo", repo, "--keep-daily", "2", "--keep-weekly", "0",
+                       "--keep-monthly", "0")
+    _one_error(unconfirmed, 2, "prune would remove 3")
+    dry = _ctx(settings, env, "backup", "prune", "--repo", repo, "--keep-daily", "2", "--keep-weekly", "0",
+               "--keep-monthly", "0", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(json.loads(dry.stdout)["delete"]) == ["20261101T020000Z", "20261120T020000Z", "20261129T020000Z"]
+    assert len(moto.keys("gfs/")) == 10
+    done = _ctx(settings, env, "backup", "prune", "--repo", repo, "--keep-daily", "2", "--keep-weekly", "0",
+                "--keep-monthly", "0", "--yes", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["repo"] == repo and plan["deleted"] is True
+    assert sorted({k.split("/")[1] for k in moto.keys("gfs/")}) == ["20261128T020000Z", "20261129T140000Z"]
+
+
+# -- wrong keys, a missing bucket, an unreachable endpoint -------------------------------------------------
+def test_wrong_credentials_missing_bucket_and_unreachable_endpoint(demo, moto):
+    settings = demo
+    repo = f"s3://{BUCKET}/errors"
+    local_before = _local(settings)
+    wrong_secret = "wrong-secret-" + "x" * 20
+    bad = moto.env(AWS_SECRET_ACCESS_KEY=wrong_secret)
+    for args in (("backup", "--to", repo), ("backup", "list", "--repo", repo),
+                 ("restore", f"{repo}/20261129T020000Z", "--yes"), ("backup", "verify", f"{repo}/20261129T020000Z")):
+        proc = _ctx(settings, bad, *args)
+        line = _one_error(proc, 2, repo, "credentials were refused")
+        assert wrong_secret not in proc.stdout + proc.stderr and moto.secret not in proc.stdout + proc.stderr, line
+    unknown = _ctx(settings, moto.env(AWS_ACCESS_KEY_ID="AKIAUNKNOWN0000000"), "backup", "--to", repo)
+    _one_error(unknown, 2, repo, "credentials were refused")
+    nokeys = {k: v for k, v in moto.env().items() if not k.startswith("AWS_ACCESS") and "SECRET" not in k}
+    proc = _ctx(settings, {**nokeys, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "backup", "--to", repo)
+    _one_error(proc, 2, repo, "no S3 credentials")
+
+    missing = _ctx(settings, moto.env(), "backup", "--to", "s3://no-such-bucket-here/x")
+    _one_error(missing, 2, "s3://no-such-bucket-here/x", "does not exist")
+    down = _ctx(settings, moto.env(CTX_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"), "backup", "list",
+                "--repo", repo)
+    _one_error(down, 3, repo, "unreachable")
+    # a repository refused up front: nothing dumped, no staging copy left behind
+    assert _local(settings) == local_before
+
+    # health: a repository that cannot be reached is a WARNING naming it, the other checks unaffected
+    health = _ctx(settings, {**bad, "CTX_BACKUP_REPOS": repo}, "health", "--json")
+    report = json.loads(health.stdout)
+    check = next(c for c in report["checks"] if c["name"] == f"backup {repo}")
+    assert check["status"] == "WARNING" and "credentials were refused" in check["message"]
+    assert {c["name"]: c["status"] for c in report["checks"]}["postgres"] == "OK"
+    assert wrong_secret not in health.stdout + health.stderr
