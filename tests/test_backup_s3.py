@@ -229,6 +229,8 @@ def test_round_trip_through_object_storage(demo, any_s3):
     health = _ctx(settings, {**env, "CTX_BACKUP_REPOS": repo}, "health", "--json")
     check = next(c for c in json.loads(health.stdout)["checks"] if c["name"] == f"backup {repo}")
     assert check["status"] == "OK" and name in check["message"], check
+    prom = _ctx(settings, {**env, "CTX_BACKUP_REPOS": repo}, "health", "--format", "prometheus").stdout
+    assert f'ctx_backup_age_seconds{{repo="{repo}"}} ' in prom, prom
 
     # the store is lost; a new one is restored from object storage
     down = _ctx(settings, {}, "down", "--volumes", "--yes")
@@ -390,3 +392,56 @@ def test_wrong_credentials_missing_bucket_and_unreachable_endpoint(demo, moto):
     assert check["status"] == "WARNING" and "credentials were refused" in check["message"]
     assert {c["name"]: c["status"] for c in report["checks"]}["postgres"] == "OK"
     assert wrong_secret not in health.stdout + health.stderr
+
+
+# -- an encrypted backup is just files to a repository ----------------------------------------------------
+def test_encrypted_backup_through_object_storage_needs_its_identity(demo, moto, tmp_path):
+    from pyrage import x25519
+
+    settings = demo
+    repo = f"s3://{BUCKET}/sealed"
+    keys = {}
+    for who in ("right", "wrong"):
+        identity = x25519.Identity.generate()
+        keys[who] = tmp_path / f"{who}.txt"
+        keys[who].write_text(f"{identity}\n")
+        keys[who].chmod(0o600)
+        keys[f"{who}-public"] = str(identity.to_public())
+    env = moto.env(CTX_BACKUP_RECIPIENTS=keys["right-public"])
+    made = _ctx(settings, env, "backup", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    stored = moto.keys(f"sealed/{name}/")
+    assert f"sealed/{name}/postgres.dump.age" in stored and f"sealed/{name}/postgres.dump" not in stored
+    assert moto.client().get_object(Bucket=BUCKET, Key=f"sealed/{name}/postgres.dump.age")["Body"].read(21) == \
+        b"age-encryption.org/v1"
+
+    checked = _ctx(settings, env, "backup", "verify", f"{repo}/{name}", "--json")  # no key needed
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    before = _counts(settings)
+    refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes", "--identity", str(keys["wrong"]))
+    _one_error(refused, 2)
+    assert _counts(settings) == before and _staged(settings) == []
+    restored = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes", "--identity", str(keys["right"]), "--json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert _counts(settings) == before and _staged(settings) == []
+
+
+# -- several repositories in one run ---------------------------------------------------------------------------
+def test_one_run_writes_every_configured_repository(demo, moto, tmp_path):
+    settings = demo
+    local, repo = tmp_path / "local-backups", f"s3://{BUCKET}/multi"
+    env = moto.env(CTX_BACKUP_REPOS=f"{local},{repo}")
+    made = _ctx(settings, env, "backup", "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    assert json.loads(made.stdout)["repos"] == [str(local / name), f"{repo}/{name}"]
+    assert bk.load_manifest(local / name)["name"] == name  # the local copy is a complete backup of its own
+    listed = json.loads(_ctx(settings, env, "backup", "list", "--json").stdout)
+    assert sorted((r["repo"], r["name"], r["complete"]) for r in listed) == sorted(
+        [(str(local), name, True), (repo, name, True)])
+    # the object in storage and the local file are the same bytes
+    dump = moto.client().get_object(Bucket=BUCKET, Key=f"multi/{name}/postgres.dump")["Body"].read()
+    assert dump == (local / name / "postgres.dump").read_bytes()
+    text = _ctx(settings, env, "health").stdout
+    assert f"backup {repo}" in text and f"backup {local}" in text
