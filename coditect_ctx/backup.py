@@ -543,6 +543,7 @@ class BackupInfo:
     problem: str = ""
     unfinished: bool = False  # interrupted before it was published: prune removes it after a day
     changed_at: datetime | None = None  # an unfinished backup in object storage: when it was last written
+    encrypted: bool = False  # its files are age-encrypted (restore and a test restore need the identity)
 
     def as_dict(self, now: datetime | None = None) -> dict:
         out = asdict(self)
@@ -576,6 +577,7 @@ def list_backups(root: Path) -> list[BackupInfo]:
                 manifest = load_manifest(path)
                 info.ended_at = parse_iso(manifest["ended_at"])
                 info.complete = True
+                info.encrypted = bool(manifest.get("encryption"))
             except Exception as exc:  # listed, flagged, never trusted
                 info.problem = getattr(exc, "message", str(exc))
         else:

@@ -147,8 +147,10 @@ class S3Repo:
                 info.changed_at = max(o["LastModified"] for o in objs.values())
             else:
                 try:
-                    info.ended_at = parse_iso(self._manifest(name)["ended_at"])
+                    manifest = self._manifest(name)
+                    info.ended_at = parse_iso(manifest["ended_at"])
                     info.complete = True
+                    info.encrypted = bool(manifest.get("encryption"))
                 except (DataError, UsageError) as exc:  # listed, flagged, never trusted
                     info.problem = exc.message
             if VERIFIED in objs:

@@ -8,7 +8,11 @@ import json
 import os
 import shutil
 import stat
+import signal
 import subprocess
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,8 @@ from coditect_ctx import backup as bk
 from coditect_ctx.runtime.pgtools import embedded_pg_bin
 from coditect_ctx.stores import Store
 
-from .conftest import SAMPLES, run_ctx
-from .test_backup import assert_same_vectors, chroma_snapshot, flip_byte, pg_snapshot, seed
+from .conftest import SAMPLES, run_ctx, settings_env
+from .test_backup import _scratch_left, assert_same_vectors, chroma_snapshot, flip_byte, pg_snapshot, seed
 
 QUERIES = ("backup restore", "privacy manager", "checkpoint script")
 
@@ -93,7 +97,8 @@ def test_encrypted_round_trip_needs_the_right_identity(fresh_stack, tmp_path):
             gzip.decompress(data)
 
     listed = json.loads(run_ctx(settings, "backup", "list", "--json").stdout)
-    assert listed[0]["name"] == folder.name and listed[0]["complete"]
+    assert listed[0]["name"] == folder.name and listed[0]["complete"] and listed[0]["encrypted"] is True
+    assert "complete, encrypted" in run_ctx(settings, "backup", "list").stdout
     checked = run_ctx(settings, "backup", "verify", folder.name, "--json")
     assert checked.returncode == 0, checked.stderr
     assert "not test-restored" in json.loads(checked.stdout)["detail"]
@@ -131,8 +136,6 @@ def test_encrypted_round_trip_needs_the_right_identity(fresh_stack, tmp_path):
 
 
 def _encrypted_backup(settings, dest: Path, public: str, prefix: str) -> bk.BackupResult:
-    from dataclasses import replace
-
     with Store(settings) as store:
         seed(store, n=6, prefix=prefix)
     return bk.create_backup(replace(settings, backup_recipients=public), dest=dest)
@@ -271,3 +274,70 @@ def test_the_age_tool_decrypts_every_file(stack, tmp_path, age_tool):
         assert wrong.returncode != 0 and wrong.stdout == b""
     finally:
         _drop_seed(settings, "enc-age")
+
+
+def _paused(settings, point: str, *args: str, **env: str) -> subprocess.Popen:
+    """`ctx ARGS` as a process held at the named point (CTX_PAUSE_AT); returns once it is there."""
+
+    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", *args],
+                            env={**os.environ, **settings_env(settings), **env, "CTX_PAUSE_AT": point},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if line.startswith(f"point: {point}") or (not line and proc.poll() is not None):
+            break
+    assert f"point: {point}" in seen, (proc.poll(), seen)
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def test_no_clear_copy_on_disk_and_staging_removed_after_a_kill(stack, tmp_path):
+    settings = stack
+    key, public = _key(tmp_path)
+    root = tmp_path / "b"
+    with Store(settings) as store:
+        seed(store, n=6, prefix="enc-kill")
+    try:
+        # mid-backup (PostgreSQL dumped, vectors not exported): only the encrypted dump is on disk
+        proc = _paused(settings, "backup-dump", "backup", "--dest", str(root), CTX_BACKUP_RECIPIENTS=public)
+        try:
+            partial = next(root.glob(".*.partial"))
+            entries = sorted(str(p.relative_to(partial)) for p in partial.rglob("*"))
+            assert entries == ["chroma", "postgres.dump.age"], entries  # no clear dump, no pipe left
+            assert (partial / "postgres.dump.age").read_bytes().startswith(b"age-encryption.org/v1\n")
+        finally:
+            _kill(proc)
+        assert not any(b.complete for b in bk.list_backups(root))
+
+        # a test restore killed while it loads Chroma leaves clear files in $CTX_HOME/staging (0700) ...
+        made = bk.create_backup(replace(settings, backup_recipients=public), dest=root)
+        staging = settings.home / bk.STAGING_DIR
+        proc = _paused(settings, "restore-load", "backup", "verify", str(made.path), "--identity", str(key))
+        try:
+            left = list(staging.iterdir())
+            assert len(left) == 1 and stat.S_IMODE(left[0].stat().st_mode) == 0o700
+            assert stat.S_IMODE(staging.stat().st_mode) == 0o700
+            assert (left[0] / "postgres.dump").read_bytes().startswith(b"PGDMP")
+        finally:
+            _kill(proc)
+        assert left[0].exists()
+        # ... which the next restore or verify removes (their process is gone)
+        again = run_ctx(settings, "backup", "verify", str(made.path), "--identity", str(key))
+        assert again.returncode == 0, again.stderr
+        _no_clear_files(settings)
+    finally:
+        with Store(settings) as store:
+            for name in _scratch_left(store):
+                if name.startswith("ctx_verify_"):
+                    with store.pg(autocommit=True) as conn:
+                        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                else:
+                    store.chroma.delete_collection(name)
+        _drop_seed(settings, "enc-kill")

@@ -149,7 +149,8 @@ def list_(ctx: typer.Context, repo: RepoOpt = None, dest: DestOpt = None, json_o
             return 0
         for r in chosen:
             rows = [
-                [d["name"], "complete" if d["complete"] else d["problem"] or "incomplete", output.human_bytes(d["size_bytes"]),
+                [d["name"], ("complete" + (", encrypted" if d["encrypted"] else "")) if d["complete"] else d["problem"] or "incomplete",
+                 output.human_bytes(d["size_bytes"]),
                  "-" if d["age_hours"] is None else f"{d['age_hours']:.1f} h",
                  {True: "ok", False: "FAILED", None: "not verified"}[d["verified"]] + (f" {d['verified_at']}" if d["verified_at"] else "")]
                 for d in data if d["repo"] == r.url
