@@ -29,12 +29,15 @@ ELLIPSIS = "…"
 JOINER = " … "
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+_INLINE_HEADING = re.compile(r"[ \t]{2,}(?=#{1,6} )")  # "Wrote 9 lines to a.md     # Title": a transcript joined them
 _HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
 _SETEXT_OR_RULE = re.compile(r"^\s*([-*_=─━═])(\s*\1){2,}\s*$")
 _TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 _EMPHASISED_LINE = re.compile(r"^\s*([*_])[^*_\s].*[^*_\s]\1\s*$")  # a whole line in italics: a caption or footer
-_TABLE_ROW = re.compile(r"^\s*\|(.*)\|\s*$")
-_LEAD = re.compile(r"^\s*(?:(?:[>⏺●⎿✻∴│└├]|[-*+•]\s|\d{1,3}[.)]\s|\[[ xX]\]\s)\s*)+")
+_TABLE_ROW = re.compile(r"^\|.*\|")  # a row, possibly wrapped: starts with a pipe and has another
+# list bullets, numbers and checkboxes, quote and transcript markers, a numbered diff line's "12 + " (tool output)
+_LEAD = re.compile(r"^\s*(?:(?:[>⏺●⎿✻∴│└├]|[-*+•]\s|\d{1,3}[.)]\s|\d{1,5}(?: \d{1,5})? [-+]\s|\[[ xX]\]\s)\s*)+")
 _BOLD_KEY = re.compile(r"^\*\*([^*\n]{1,40}?)(?::\*\*|\*\*\s*:)\s*(.*)$")
 _PLAIN_KEY = re.compile(r"^([A-Za-z][\w /&.-]{0,30}):\s+(.*)$")
 _LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\s]*\)")
@@ -42,6 +45,10 @@ _INLINE = re.compile(r"\*\*|__|`+|<br\s*/?>|(?<![\w*])\*(?=[^\s*])|(?<=[^\s*])\*
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[\ue000]?[A-Z0-9])")
 _WORDS = re.compile(r"\w+")
 _MARKED = re.compile(f"{MARK_START}([^{MARK_STOP}]*){MARK_STOP}")
+BEST_LINES = 4  # lines with the most distinct matches whose sentences are read
+WINDOW = 2  # lines read before and after each of them (a sentence wrapped over several lines)
+_LEAD_CHARS = " \t>⏺●⎿✻∴│└├-+•0123456789.)" + MARK_START + MARK_STOP
+_KEY_REACH = 45  # a 'Key:' label ends within this many characters of a line's start
 _PROSE_WORDS = 6  # a 'Key: value' line whose value has this many words keeps the value (it is prose, not metadata)
 
 
@@ -63,25 +70,35 @@ def _strip_lead_symbols(text: str) -> str:
 def _line_text(line: str) -> tuple[str | None, str]:
     """One source line -> (its readable text, or None to drop it; how it joins: "start" a unit that later plain
     lines continue, "alone" / "row" a unit of its own (a table row is data), "more" continues the unit)."""
-    if (_HEADING.match(line) or _SETEXT_OR_RULE.match(line) or _TABLE_SEPARATOR.match(line)
-            or _EMPHASISED_LINE.match(line.replace(MARK_START, "").replace(MARK_STOP, ""))):
+    head = line.lstrip()[:1]
+    if (head.isalpha() or head == MARK_START) and ":" not in line[:_KEY_REACH]:  # plain prose: most lines
+        return line.strip(), "more"
+    if _SETEXT_OR_RULE.match(line) or _TABLE_SEPARATOR.match(line):
         return None, "alone"
-    row = _TABLE_ROW.match(line)
-    if row:
-        cells = [c.strip() for c in row.group(1).split("|")]
-        return ", ".join(c for c in cells if c), "row"
     stripped = _LEAD.sub("", line)
     how = "start" if stripped != line.lstrip() else "more"
     stripped = _strip_lead_symbols(stripped).strip()
-    plain = stripped.replace(MARK_START, "").replace(MARK_STOP, "")
-    key = _BOLD_KEY.match(plain) or _PLAIN_KEY.match(plain)
+    plain = _unmarked(stripped)
+    # after a bullet, quote or tool-output marker: the Markdown it carries ("⎿ ## Usage", "> | a | b |")
+    if (_HEADING.match(plain) or _SETEXT_OR_RULE.match(plain) or _TABLE_SEPARATOR.match(plain)
+            or _EMPHASISED_LINE.match(plain)):
+        return None, "alone"
+    if _TABLE_ROW.match(plain):
+        cells = [c.strip() for c in stripped.split("|")]
+        return ", ".join(c for c in cells if c), "row"
+    inner = plain[1:-1] if plain[:1] == "(" and plain[-1:] == ")" else plain  # "(See checkpoint: path)"
+    key = _BOLD_KEY.match(inner) or _PLAIN_KEY.match(inner)
     if key:
         value = key.group(2)
         if sum(1 for w in value.split() if any(c.isalpha() for c in w)) < _PROSE_WORDS:
             return None, "alone"
         # keep the value with its marks: drop as many leading characters of the marked line as the label takes
-        return _drop_prefix(stripped, len(plain) - len(value)), "start"
+        return _drop_prefix(stripped, len(inner) - len(value) + (inner is not plain)), "start"
     return stripped, how
+
+
+def _unmarked(text: str) -> str:
+    return text.replace(MARK_START, "").replace(MARK_STOP, "")
 
 
 def _drop_prefix(marked: str, plain_chars: int) -> str:
@@ -134,21 +151,55 @@ def _clean(unit: str) -> str:
     return " ".join(unit.split())
 
 
-def _sentences(marked: str) -> list[tuple[str, bool]]:
-    """Readable sentences of the marked text, (sentence, is data), in order, scaffolding dropped, each at most once."""
-    text = _drop_front_matter(marked.replace("\r\n", "\n"))
+def _sentences(marked: str, marked_only: bool) -> list[tuple[str, bool]]:
+    """Readable sentences of the marked text, (sentence, is data), in order, scaffolding dropped, each at most once.
+
+    marked_only: only around the lines with the most distinct matches (BEST_LINES of them, WINDOW lines before and
+    after, within their paragraph): the cost of a snippet stays bounded however long the text and however common
+    the words. Else the first sentences, about enough to fill a snippet."""
+    text = _INLINE_HEADING.sub("\n", _drop_front_matter(marked.replace("\r\n", "\n")))
+    lines = text.split("\n")
+    if marked_only:
+        scored = sorted((_looks_like_scaffolding(line), -len({m.lower() for m in _MARKED.findall(line)}), i)
+                        for i, line in enumerate(lines) if MARK_START in line)
+        windows: list[list[int]] = []
+        for *_, i in sorted(scored[:BEST_LINES], key=lambda x: x[-1]):
+            lo = i
+            while lo > 0 and i - lo < WINDOW and lines[lo - 1].strip():
+                lo -= 1
+            hi = i + 1
+            while hi < len(lines) and hi - i <= WINDOW and lines[hi].strip():
+                hi += 1
+            if windows and lo <= windows[-1][1]:
+                windows[-1][1] = max(windows[-1][1], hi)
+            else:
+                windows.append([lo, hi])
+    else:
+        windows = [[0, len(lines)]]
+    fences = [i for i, line in enumerate(lines) if _FENCE.match(line)] if ("```" in text or "~~~" in text) else []
     out: list[tuple[str, bool]] = []
     seen: set[str] = set()
-    in_code = False
-    for paragraph in re.split(r"\n[ \t]*\n", text):
-        units, in_code = _units(paragraph, in_code)
-        for unit, data in units:
-            for sentence in _SENTENCE_END.split(_clean(unit)):
-                key = _key(sentence)
-                if key and key not in seen:
-                    seen.add(key)
-                    out.append((sentence, data))
+    size = 0
+    for lo, hi in windows:
+        in_code = sum(1 for f in fences if f < lo) % 2 == 1
+        for paragraph in _PARAGRAPH.split("\n".join(lines[lo:hi])):
+            units, in_code = _units(paragraph, in_code)
+            for unit, data in units:
+                for sentence in _SENTENCE_END.split(_clean(unit)):
+                    key = _key(sentence)
+                    if key and key not in seen:
+                        seen.add(key)
+                        out.append((sentence, data))
+                        size += len(sentence)
+            if not marked_only and size > 2 * SNIPPET_CHARS:
+                return out
     return out
+
+
+def _looks_like_scaffolding(line: str) -> bool:
+    """A cheap first look (the full rules are in _line_text): a heading, table row or bold label, after markers."""
+    head = line.lstrip(_LEAD_CHARS)
+    return head[:1] in ("#", "|", "(") or (head[:2] == "**" and ":" in head[:_KEY_REACH])
 
 
 def _drop_front_matter(text: str) -> str:
@@ -175,9 +226,11 @@ def _contains(a: str, b: str) -> bool:
 def choose(marked: str, title: str | None = None) -> list[str]:
     """The sentences to show, best first: marked ones (prose before tables and code, then by distinct matched words),
     else the first readable prose."""
-    sentences = _sentences(marked)
     title_key = _key(title or "")
+    sentences = _sentences(marked, marked_only=MARK_START in marked)
     candidates = [(i, s, data) for i, (s, data) in enumerate(sentences) if MARK_START in s]
+    if not candidates and MARK_START in marked:  # every match was in scaffolding: show the record's first sentences
+        sentences = _sentences(marked, marked_only=False)
     if candidates:
         def rank(item):
             i, s, data = item

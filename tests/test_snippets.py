@@ -264,3 +264,25 @@ def test_text_that_is_all_scaffolding_still_shows_something():
     assert snippet("## Only a heading")[0] == "Only a heading"
     assert snippet("| a | b |\n|---|---|", "x")[0] == "a, b"
     assert snippet("Redis tuning", "Redis tuning")[0] == "Redis tuning"
+
+
+def test_transcript_tool_output_carries_no_markdown_into_the_snippet():
+    body = mark(textwrap.dedent("""\
+        Wrote 190 lines to PLAN.md     # Brain Migration - Project Plan
+             ## Overview
+        ⎿  ## Brain usage
+          4 5 + ## Brain router
+        | # | Brain area | Status |
+        | 1 | brain core | done, and this row was wrapped by the terminal
+        (See checkpoint: MEMORY-CONTEXT/checkpoints/brain.md)
+        Migrate every project to the shared brain architecture.
+        """), "brain", "Brain")
+    text, spans = snippet(body)
+    assert text == "Migrate every project to the shared brain architecture.", text
+    assert plain_marked(text, spans) == ["brain"]
+
+
+def test_a_wrapped_table_row_is_data_shown_without_pipes_only_when_nothing_else_matched():
+    text, spans = snippet(f"| 1 | {S}quota{E} core | done, and this row\n| wrapped on |")
+    assert "|" not in text and "quota" in text, text
+    assert plain_marked(text, spans) == ["quota"]
