@@ -445,3 +445,38 @@ def test_one_run_writes_every_configured_repository(demo, moto, tmp_path):
     assert dump == (local / name / "postgres.dump").read_bytes()
     text = _ctx(settings, env, "health").stdout
     assert f"backup {repo}" in text and f"backup {local}" in text
+
+
+def test_a_repository_lost_mid_run_fails_the_run_and_keeps_the_others(demo, tmp_path):
+    """Object storage stops answering while the backup uploads: the run exits 3 naming it and where the backup was
+    written; the local repository holds a complete backup, the bucket no manifest."""
+    settings = demo
+    server = _start_moto(tmp_path)
+    local, repo = tmp_path / "kept", f"s3://{BUCKET}/lost"
+    release = tmp_path / "release"
+    env = {**os.environ, **settings_env(settings), **server.env(), "CTX_PAUSE_AT": "backup-upload",
+           "CTX_PAUSE_RELEASE": str(release)}
+    proc = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "backup", "--to", str(local), "--to", repo],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.strip() == "point: backup-upload":
+                break
+        assert any("point: backup-upload" in ln for ln in seen), "".join(seen)
+        keys = server.keys("lost/")
+        _stop(server)  # the service goes away between two files
+        release.touch()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        _stop(server)
+    assert keys and not any(k.endswith("manifest.json") for k in keys)
+    err = "".join(seen) + err
+    assert proc.returncode == 3, err
+    line = " ".join(err[err.index("Error:"):err.index("Hint:")].split())  # the error, as one line however wrapped
+    assert repo in line and "unreachable" in line and f"was written to {local}" in line, line
+    assert "Traceback" not in err
+    done = [b for b in bk.list_backups(local)]
+    assert [b.complete for b in done] == [True] and done[0].name in line
