@@ -3,10 +3,10 @@ authentication (uvicorn chromadb.app:app, what ctx runs), on the same data, in t
 
 Run: .venv/bin/python bench/bench_chroma_auth.py [--records 5000] [--rounds 2] [--keep]
 A local store of its own (temporary CTX_HOME, free ports) gets the sample data migrated with the real model, then
-synthetic messages with random unit vectors until it holds --records records (bench_backup's helpers), and one
+synthetic messages with random unit vectors until it holds --records records (bench_search's grow), and one
 backup. Then, alternately for each server on the same Chroma folder and port (the other one stopped): in-process
-hybrid search over bench/eval_queries.json (cache off, warm process) and `ctx restore` of that backup (restore
-deletes and re-upserts every vector). Prints figures and ratios (token / no auth), no pass/fail: the machine is
+hybrid search over bench/eval_queries.json (cache off, warm process) and `ctx restore --portable` of that backup
+(deletes and re-upserts every vector). Prints figures and ratios (token / no auth), no pass/fail: the machine is
 shared and noisy.
 """
 
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,9 +23,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench_backup import free_port, grow, random_vectors_for_unembedded, record_count, remove_store  # noqa: E402
+from bench_backup import fresh_store, remove_store  # noqa: E402
+from bench_search import grow, record_count  # noqa: E402
 
-from coditect_ctx.config import ensure_secrets, load_settings  # noqa: E402
 from coditect_ctx.runtime import chroma_server, probes, procs  # noqa: E402
 from coditect_ctx.runtime.base import wait_until  # noqa: E402
 from coditect_ctx.runtime.local import find_chroma  # noqa: E402
@@ -99,17 +98,15 @@ def main() -> None:
     from coditect_ctx.restore import restore_backup
     from coditect_ctx.stores import Store
 
-    home = Path(tempfile.mkdtemp(prefix="ctx-bench-auth-", dir="/tmp"))
-    settings = ensure_secrets(load_settings(home=str(home), runtime="local", pg_port=free_port(),
-                                            chroma_port=free_port(), redis_port=free_port(), redis_server="none"))
+    settings = fresh_store("ctx-bench-auth-", setup=False, redis_server="none")
     queries = [q["q"] for q in json.loads((BENCH / "eval_queries.json").read_text())["queries"]]
     try:
         stack.setup(settings)
         run_migrate(settings, [SAMPLE], embed=True)
+        grow(settings, args.records)
         with Store(settings) as store:
-            grow(store, args.records)
-            random_vectors_for_unembedded(store)
-            records = record_count(store)
+            with store.pg() as conn:
+                records = record_count(conn)
             vectors = sum(store.chroma.count(c["name"]) for c in store.chroma.list_collections())
         backup = create_backup(settings)
         print(f"store: {records} records, {vectors} vectors; {len(queries)} questions per round; cache off")
@@ -122,7 +119,7 @@ def main() -> None:
                     raise SystemExit("the token server answered a request without a token")
                 results[variant]["search"] += search_times(settings, queries)
                 t = time.perf_counter()
-                restore_backup(settings, backup.path, yes=True)
+                restore_backup(settings, backup.path, yes=True, portable=True)  # re-upserts every vector
                 results[variant]["restore"].append(time.perf_counter() - t)
                 print(f"  round {rnd + 1}, {variant}: done", file=sys.stderr)
 
@@ -138,7 +135,7 @@ def main() -> None:
         print("ratio = token server / chroma run (no authentication); same data, same port, alternated")
     finally:
         if not args.keep:
-            remove_store(settings, home)
+            remove_store(settings)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Layout of `<backups>/<YYYYmmddTHHMMSSZ>/`:
   postgres.dump                 pg_dump -Fc (custom format), taken from an exported snapshot
-  chroma/<collection>.jsonl.gz  one JSON object per vector: id, document, metadata, embedding_f32le_b64
+  chroma/<collection>.jsonl.gz  one JSON object per vector: id, document, metadata, embedding_f32le_b64 (the
+                                portable export: any Chroma version, any runtime)
+  chroma-snapshot.tar.zst       Chroma's folder as files (snapshot.py; local runtime, store not busy): fast restore
   manifest.json                 versions, counts, sha256 of every file, start and end time (`ended_at`)
   verified.json                 written by `ctx backup verify`; outside the checksummed set
 
@@ -324,6 +326,8 @@ class BackupResult:
             "rows": m["postgres"]["rows"], "vectors": {n: c["vectors"] for n, c in m["chroma"]["collections"].items()},
             "not_embedded": {k: len(v) for k, v in m["chroma"]["not_embedded"].items()},
             "encryption": m.get("encryption"),
+            "chroma_snapshot": bool(m["chroma"].get("snapshot")),
+            **({"snapshot_skipped": m["chroma"]["snapshot_skipped"]} if m["chroma"].get("snapshot_skipped") else {}),
         }
 
 
@@ -338,9 +342,10 @@ def _new_name(root: Path, now: datetime) -> str:
 
 def create_backup(
     settings: Settings, dest: Path | None = None, report: Report = _quiet, progress: Progress = _no_progress,
-    publish: bool = True,
+    publish: bool = True, portable: bool = False,
 ) -> BackupResult:
-    """Dump PostgreSQL, export the matching Chroma vectors, write the manifest, then publish by rename.
+    """Dump PostgreSQL, snapshot Chroma's folder (snapshot.py; not with `portable`), export the matching Chroma
+    vectors, write the manifest, then publish by rename.
 
     `publish=False` (staging for repositories elsewhere): the folder keeps its `.<name>.partial` name and its
     manifest the name `manifest.json.pending`, so it never lists or counts as a local backup; the caller uploads
@@ -359,7 +364,7 @@ def create_backup(
                           hint="Choose a writable folder with --dest or CTX_BACKUP_DIR.") from exc
     try:
         return _write_backup(settings, root, name, BackupWriter(partial, recipients), started, report, progress,
-                             publish)
+                             publish, portable)
     except BaseException:
         # a failed backup removes its own traces; only a killed one leaves a partial folder (prune clears it)
         shutil.rmtree(partial, ignore_errors=True)
@@ -367,9 +372,13 @@ def create_backup(
 
 
 def _write_backup(settings: Settings, root: Path, name: str, files: BackupWriter, started: datetime,
-                  report: Report, progress: Progress, publish: bool = True) -> BackupResult:
+                  report: Report, progress: Progress, publish: bool = True, portable: bool = False) -> BackupResult:
+    from contextlib import ExitStack
+
+    from . import snapshot
+
     partial = files.folder
-    with Store(settings) as store:
+    with Store(settings) as store, ExitStack() as lock:
         manifest: dict = {
             "format": FORMAT, "name": name, "ctx_version": __version__, "started_at": iso(started),
             "runtime": store.runtime.name,
@@ -378,9 +387,21 @@ def _write_backup(settings: Settings, root: Path, name: str, files: BackupWriter
             manifest["encryption"] = files.encryption()
         report(f"backup: writing {partial}" + (f" (encrypted with age to {len(files.recipients)} recipient(s))"
                                                if files.recipients else ""))
-        wanted = _dump_postgres(store, files, manifest, report)
+        skipped = "--portable" if portable else snapshot.hold_for_snapshot(store, lock, report)
+        taken: dict = {}
+
+        def frozen() -> None:  # PostgreSQL's snapshot is exported: copy Chroma's files, then let writers in
+            if not skipped:
+                store.check_chroma()
+                taken.update(snapshot.take_snapshot(store, files, report))
+            lock.close()
+
+        wanted = _dump_postgres(store, files, manifest, report, frozen)
         reach("backup-dump")
         _export_chroma(store, files, manifest, wanted, progress)
+        manifest["chroma"]["snapshot"] = taken or None
+        if skipped:
+            manifest["chroma"]["snapshot_skipped"] = skipped
     manifest["files"] = files.file_entries()
     for p in partial.rglob("*"):
         if p.is_file():
@@ -405,14 +426,17 @@ def _write_backup(settings: Settings, root: Path, name: str, files: BackupWriter
     return BackupResult(name, final, size, load_manifest(final))
 
 
-def _dump_postgres(store: Store, files: BackupWriter, manifest: dict, report: Report) -> dict[str, dict[str, tuple[str, int]]]:
-    """pg_dump from a snapshot we hold open; return, from the same snapshot, the embedded rows per kind."""
+def _dump_postgres(store: Store, files: BackupWriter, manifest: dict, report: Report,
+                   frozen: Callable[[], None] = lambda: None) -> dict[str, dict[str, tuple[str, int]]]:
+    """pg_dump from a snapshot we hold open; return, from the same snapshot, the embedded rows per kind.
+    `frozen` runs once that snapshot is exported, before the dump (backup copies Chroma's files there)."""
     from psycopg import IsolationLevel
 
     conn = store.pg()
     try:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        frozen()
         report("postgres: pg_dump -Fc")
         with files.path(DUMP_FILE) as output:
             store.runtime.run_pg_tool("pg_dump", ["-Fc", "--snapshot", snapshot], output=output)
@@ -449,48 +473,86 @@ def _dump_postgres(store: Store, files: BackupWriter, manifest: dict, report: Re
 
 
 def _export_chroma(store: Store, files: BackupWriter, manifest: dict, wanted: dict, progress: Progress) -> None:
-    import base64
-
-    import numpy as np
-
     chroma = store.chroma
     collections: dict[str, dict] = {}
     not_embedded: dict[str, list[str]] = {}
     total = sum(sum(c for _sha, c in rows.values()) for rows in wanted.values())
     done = 0
-    for kind, name in COLLECTIONS.items():
-        rows = wanted.get(kind, {})
-        missing: list[str] = []
-        rel = f"{CHROMA_DIR}/{name}.jsonl.gz"
-        exists = chroma.has_collection(name)
-        vectors = 0
-        with files.path(rel) as path, gzip.open(path, "wt", encoding="utf-8", compresslevel=3) as out:
-            for batch in _record_batches(rows):
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress("exporting vectors", done, total)
+
+    fetcher = store.open_chroma()  # the prefetch thread's own client (a client is not thread-safe)
+    try:
+        for kind, name in COLLECTIONS.items():
+            rows = wanted.get(kind, {})
+            rel = f"{CHROMA_DIR}/{name}.jsonl.gz"
+            exists = chroma.has_collection(name)
+
+            def fetch(batch, name=name, exists=exists) -> dict:
                 ids = [f"{rid}:{n}" for rid, (_sha, chunks) in batch for n in range(chunks)]
-                got = chroma.get(name, ids=ids, include=("metadatas", "documents", "embeddings")) if exists else {}
-                found = {}
-                for vid, meta, doc, emb in zip(got.get("ids") or [], got.get("metadatas") or [],
-                                               got.get("documents") or [], got.get("embeddings") or []):
-                    found[vid] = (meta or {}, doc, emb)
-                for rid, (sha, chunks) in batch:
-                    parts = [found.get(f"{rid}:{n}") for n in range(chunks)]
-                    if any(p is None or p[0].get("sha") != sha for p in parts):
-                        missing.append(rid)
-                        continue
-                    for n, (meta, doc, emb) in enumerate(parts):
-                        blob = base64.b64encode(np.asarray(emb, dtype="<f4").tobytes()).decode()
-                        out.write(json.dumps({"id": f"{rid}:{n}", "document": doc, "metadata": meta,
-                                              "embedding_f32le_b64": blob}, ensure_ascii=False) + "\n")
-                        vectors += 1
-                done += len(ids)
-                progress("exporting vectors", done, total)
-        collections[name] = {
-            "kind": kind, "file": rel, "vectors": vectors, "rows": len(rows) - len(missing),
-            "metadata": {"hnsw:space": "cosine"},
-        }
-        not_embedded[kind] = missing
+                return fetcher.get(name, ids=ids, include=("metadatas", "documents", "embeddings")) if exists else {}
+
+            with files.path(rel) as path, gzip.open(path, "wt", encoding="utf-8", compresslevel=3) as out:
+                vectors, missing = _write_export(out, _prefetched(fetch, _record_batches(rows)), advance)
+            collections[name] = {
+                "kind": kind, "file": rel, "vectors": vectors, "rows": len(rows) - len(missing),
+                "metadata": {"hnsw:space": "cosine"},
+            }
+            not_embedded[kind] = missing
+    finally:
+        fetcher.close()
     manifest["chroma"] = {"server_version": manifest.pop("chroma_server_version", None),
                           "collections": collections, "not_embedded": not_embedded}
+
+
+def _prefetched(fetch: Callable, batches, ahead: int = 2):
+    """(batch, fetch(batch)) for each batch, the next `ahead` fetched in a thread meanwhile: Chroma's server
+    serialises a page while this process decodes and writes the one before (1 thread: one client, in order)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="ctx-export") as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(fetch, batch)))
+            if len(pending) > ahead:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+
+
+def _write_export(out, fetched, advance: Callable[[int], None]) -> tuple[int, list[str]]:
+    """Write the vectors of each fetched batch whose rows have every chunk with the row's hash; (vectors written,
+    ids of rows left out). `advance` is told each batch's count of vectors asked for."""
+    import base64
+
+    import numpy as np
+
+    vectors = 0
+    missing: list[str] = []
+    for batch, got in fetched:
+        found = {}
+        for vid, meta, doc, emb in zip(got.get("ids") or [], got.get("metadatas") or [],
+                                       got.get("documents") or [], got.get("embeddings") or []):
+            found[vid] = (meta or {}, doc, emb)
+        for rid, (sha, chunks) in batch:
+            parts = [found.get(f"{rid}:{n}") for n in range(chunks)]
+            if any(p is None or p[0].get("sha") != sha for p in parts):
+                missing.append(rid)
+                continue
+            for n, (meta, doc, emb) in enumerate(parts):
+                blob = base64.b64encode(np.asarray(emb, dtype="<f4").tobytes()).decode()
+                out.write(json.dumps({"id": f"{rid}:{n}", "document": doc, "metadata": meta,
+                                      "embedding_f32le_b64": blob}, ensure_ascii=False) + "\n")
+                vectors += 1
+        advance(sum(chunks for _rid, (_sha, chunks) in batch))
+    return vectors, missing
 
 
 def _record_batches(rows: dict[str, tuple[str, int]]):

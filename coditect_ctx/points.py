@@ -22,6 +22,8 @@ POINTS = {
     "backup-dump": "backup: PostgreSQL dumped into the partial folder, vectors not exported",
     "backup-upload": "backup: the first file uploaded to object storage, the others and the manifest not",
     "restore-load": "restore: PostgreSQL replaced and one collection reloaded, the others not",
+    "restore-swap": "restore from a snapshot: PostgreSQL replaced, Chroma stopped, its folder moved aside, the "
+                    "snapshot's not yet in place",
 }
 
 

@@ -313,7 +313,7 @@ class RepoBackupResult:
 
 
 def backup_to(settings: Settings, to: list[str] | None = None, report: Report = _quiet,
-              progress: Progress = _no_progress) -> RepoBackupResult:
+              progress: Progress = _no_progress, portable: bool = False) -> RepoBackupResult:
     """Take one backup and write it to every repository (`to`, else the configured ones) in this run.
 
     Object storage is checked first (bucket, keys), so a wrong setting fails before the dump. The backup is made
@@ -325,7 +325,7 @@ def backup_to(settings: Settings, to: list[str] | None = None, report: Report = 
         repo.check()
     local = next((r for r in targets if r.kind == "local"), None)
     made = create_backup(settings, dest=local.path if local else settings.backups_path, report=report,
-                         progress=progress, publish=local is not None)
+                         progress=progress, publish=local is not None, portable=portable)
     manifest_file = made.path / (MANIFEST if local else PENDING_MANIFEST)
     locations: list[str] = []
     errors: list[CtxError] = []

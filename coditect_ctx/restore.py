@@ -5,7 +5,9 @@ than this ctx (SchemaError, exit 4), a target that holds data without --yes (Usa
 PostgreSQL is restored with `pg_restore --clean --if-exists --single-transaction` (all or nothing), Chroma by
 deleting and recreating each collection and upserting in batches. Rows the backup holds no vectors for are
 marked not embedded, the cache generation is bumped, and the restored store is checked against the manifest.
-The kinds' tables and collections come from kinds.py.
+Chroma comes back from the backup's physical snapshot when the store can use it (snapshot.py: same Chroma
+version, a runtime that can swap its folder), else from the portable export. `verify` always test-restores the
+portable export, into scratch collections. The kinds' tables and collections come from kinds.py.
 
 An encrypted backup (backup.py, crypt.py) needs an identity (exit 2 without one, or with one that opens none of
 its recipients: the backup is fine, the key is wrong). Its encrypted files' checksums are checked, then each is
@@ -52,6 +54,7 @@ class RestoreResult:
     schema_applied: list[str] = field(default_factory=list)
     data_generation: int = 0
     checks: list[str] = field(default_factory=list)
+    chroma: str = ""  # "snapshot", or "portable export (<why not the snapshot>)"
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -67,24 +70,28 @@ def check_restorable(folder: Path, progress: Progress = _no_progress) -> dict:
 
 @contextmanager
 def opened_backup(settings: Settings, folder: Path, progress: Progress = _no_progress,
-                  warn: Report = _quiet) -> Iterator[tuple[Path, dict]]:
+                  warn: Report = _quiet, export: bool = True) -> Iterator[tuple[Path, dict]]:
     """(the folder holding the backup's clear files, its manifest) once every check passed: the manifest, the
     stored files' checksums and, for an encrypted backup, the identity, then every file decrypted into a staging
-    folder with its clear checksum; then contents and schema version. The staging folder goes when the block ends."""
+    folder with its clear checksum; then contents (the portable export read to its end, unless not `export`: a
+    restore from the Chroma snapshot does not read it) and schema version. The staging folder goes when the block
+    ends."""
     manifest = load_manifest(folder)
     identities = identities_for(settings, folder, manifest, warn)  # before the long checks: a missing key says so now
     check_files(folder, manifest, progress)
     if identities is None:
-        yield folder, _check_clear(folder, manifest, progress)
+        yield folder, _check_clear(folder, manifest, progress, export)
         return
     with staging_folder(settings) as staging:
         decrypt_backup(folder, manifest, staging, identities, progress)
-        yield staging, _check_clear(staging, manifest, progress)
+        yield staging, _check_clear(staging, manifest, progress, export)
 
 
-def _check_clear(folder: Path, manifest: dict, progress: Progress) -> dict:
-    """Contents (every vector parses) and schema version of a backup whose files are in clear in `folder`."""
-    check_contents(folder, manifest, progress)
+def _check_clear(folder: Path, manifest: dict, progress: Progress, export: bool = True) -> dict:
+    """Contents (every vector parses; with `export`) and schema version of a backup whose files are in clear in
+    `folder`."""
+    if export:
+        check_contents(folder, manifest, progress)
     latest = pg.latest_version()
     if int(manifest.get("schema_version") or 0) > latest:
         raise SchemaError(
@@ -110,54 +117,73 @@ def target_holds_data(store: Store) -> list[str]:
 
 def restore_backup(
     settings: Settings, ref: str | Path, yes: bool = False, report: Report = _quiet, progress: Progress = _no_progress,
-    wait: float = 0.0, warn: Report = _quiet,
+    wait: float = 0.0, warn: Report = _quiet, portable: bool = False,
 ) -> RestoreResult:
     """Replace the store's PostgreSQL data and Chroma collections with a backup's, then check the result.
 
-    Everything from the first look at the target to the final check holds the store's writer lock (an advisory
-    lock: `pg_restore --clean` recreating the tables leaves it held). `ref` in object storage (s3://.../NAME) is
-    downloaded to a staging folder first (repos.local_copy), checked and restored from there like a local one."""
+    Chroma comes back from the backup's physical snapshot when this store can use it (snapshot.py), else (and
+    with `portable`) from the portable export. Everything from the first look at the target to the final check
+    holds the store's writer lock (an advisory lock: `pg_restore --clean` recreating the tables leaves it held).
+    `ref` in object storage (s3://.../NAME) is downloaded to a staging folder first (repos.local_copy), checked and
+    restored from there like a local one."""
+    from . import snapshot
+
     start = time.monotonic()
     with local_copy(settings, ref, report, progress) as folder:
-        with opened_backup(settings, folder, progress, warn) as (source, manifest):
-            result = _restore(settings, folder, source, manifest, yes, report, progress, wait)
+        manifest = load_manifest(folder)
+        with Store(settings) as store, store.writer_lock("restore", wait=wait, report=report):
+            snapshot.recover(store, report)  # a restore killed mid-swap left Chroma stopped: mend that first
+            why_not = snapshot.usable(store, manifest, portable)
+            with opened_backup(settings, folder, progress, warn, export=bool(why_not)) as (source, manifest):
+                result = _restore(settings, store, folder, source, manifest, yes, report, progress, why_not)
     if is_s3_url(ref):
         result.backup = str(ref)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 
 
-def _restore(settings: Settings, folder: Path, source: Path, manifest: dict, yes: bool, report: Report,
-             progress: Progress, wait: float) -> RestoreResult:
-    result = RestoreResult(backup=str(folder))
-    with Store(settings) as store, store.writer_lock("restore", wait=wait, report=report):
-        held = target_holds_data(store)
-        generation_before = _generation(store)
-        if held and not yes:
-            raise UsageError(
-                f"The store holds data that restore would replace ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''})",
-                hint="Take a backup of it first (`ctx backup`), then run `ctx restore BACKUP --yes`.",
-            )
-        report("postgres: pg_restore --clean --if-exists --single-transaction")
-        restore_postgres(store, source, dbname=None)
-        result.schema_applied = pg.migrate_schema(store.pg_url)  # a backup of an older ctx gets the newer schema
-        with store.pg() as conn:
-            result.marked_not_embedded = mark_not_embedded(conn, manifest)
-            # past both the backup's and the replaced store's generation: no cached answer of either is reachable
-            conn.execute("UPDATE db_metadata SET data_generation = greatest(data_generation, %s) WHERE id = 1",
-                         (generation_before,))
-            result.data_generation = pg.bump_generation(conn)
-            conn.commit()
+def _restore(settings: Settings, store: Store, folder: Path, source: Path, manifest: dict, yes: bool,
+             report: Report, progress: Progress, why_not: str) -> RestoreResult:
+    """The restore proper, under the writer lock; Chroma from the snapshot unless `why_not` says why not."""
+    from . import snapshot
+
+    result = RestoreResult(backup=str(folder), chroma=f"portable export ({why_not})" if why_not else "snapshot")
+    report(f"chroma: restoring from the {result.chroma}")
+    held = target_holds_data(store)
+    generation_before = _generation(store)
+    if held and not yes:
+        raise UsageError(
+            f"The store holds data that restore would replace ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''})",
+            hint="Take a backup of it first (`ctx backup`), then run `ctx restore BACKUP --yes`.",
+        )
+    incoming = None if why_not else snapshot.unpack(store, source, manifest)
+    report("postgres: pg_restore --clean --if-exists --single-transaction")
+    restore_postgres(store, source, dbname=None)
+    result.schema_applied = pg.migrate_schema(store.pg_url)  # a backup of an older ctx gets the newer schema
+    with store.pg() as conn:
+        marked = mark_not_embedded(conn, manifest)
+        result.marked_not_embedded = sum(map(len, marked.values()))
+        # past both the backup's and the replaced store's generation: no cached answer of either is reachable
+        conn.execute("UPDATE db_metadata SET data_generation = greatest(data_generation, %s) WHERE id = 1",
+                     (generation_before,))
+        result.data_generation = pg.bump_generation(conn)
+        conn.commit()
+    if incoming is None:
+        report("chroma: reloading the portable export")
         restore_chroma(store.chroma, source, manifest, prefix="", progress=progress)
-        with store.pg() as conn:
-            problems = compare_with_manifest(conn, store.chroma, manifest, prefix="")
-            result.rows = pg.table_counts(conn)
-        result.vectors = {name: store.chroma.count(name) for name in COLLECTIONS.values()}
-        if problems:
-            raise DataError("The restored store does not match the backup: " + "; ".join(problems),
-                            hint="Run `ctx backup verify` on the backup; restore another one if it fails.")
-        result.checks.append("counts match the manifest")
-        result.checks += run_validate_hook(settings)
+    else:
+        snapshot.swap_in(store, incoming, report)
+        drop_vectors(store.chroma, marked)  # as the portable export would: no vectors for those rows
+    report("checking the restored store (counts, ctx validate)")
+    with store.pg() as conn:
+        problems = compare_with_manifest(conn, store.chroma, manifest, prefix="")
+        result.rows = pg.table_counts(conn)
+    result.vectors = {name: store.chroma.count(name) for name in COLLECTIONS.values()}
+    if problems:
+        raise DataError("The restored store does not match the backup: " + "; ".join(problems),
+                        hint="Run `ctx backup verify` on the backup; restore another one if it fails.")
+    result.checks.append("counts match the manifest")
+    result.checks += run_validate_hook(settings)
     return result
 
 
@@ -179,13 +205,14 @@ def restore_postgres(store: Store, folder: Path, dbname: str | None) -> None:
                              "use another one (`ctx backup list`).") from exc
 
 
-def mark_not_embedded(conn, manifest: dict) -> int:
-    """Rows whose vectors the backup does not hold become 'not embedded', so repair embeds them again.
+def mark_not_embedded(conn, manifest: dict) -> dict[str, list[str]]:
+    """Rows whose vectors the backup does not hold become 'not embedded', so repair embeds them again; their
+    ids per kind.
 
     Those are the rows the manifest lists, and rows whose vectors were already stale when it was taken.
     The updated_at trigger is switched off for this: the rows' content did not change.
     """
-    total = 0
+    marked: dict[str, list[str]] = {}
     listed = manifest.get("chroma", {}).get("not_embedded", {})
     for kind, table in TABLES.items():
         ids = listed.get(kind) or []
@@ -193,12 +220,19 @@ def mark_not_embedded(conn, manifest: dict) -> int:
         cur = conn.execute(
             f"UPDATE {table} SET embedded_sha256 = NULL, embedded_chunks = 0"
             " WHERE (id = ANY(%s::uuid[]) OR embedded_sha256 IS DISTINCT FROM content_sha256)"
-            " AND (embedded_sha256 IS NOT NULL OR embedded_chunks <> 0)",
+            " AND (embedded_sha256 IS NOT NULL OR embedded_chunks <> 0) RETURNING id::text",
             (ids,),
         )
+        marked[kind] = [row[0] for row in cur]
         conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
-        total += cur.rowcount
-    return total
+    return marked
+
+
+def drop_vectors(chroma: Chroma, rows: dict[str, list[str]]) -> None:
+    """Delete every vector of the given rows (ids per kind), whatever their chunk count."""
+    for kind, ids in rows.items():
+        for start in range(0, len(ids), 1000):
+            chroma.delete(COLLECTIONS[kind], where={"record_id": {"$in": ids[start:start + 1000]}})
 
 
 def restore_chroma(chroma: Chroma, folder: Path, manifest: dict, prefix: str, progress: Progress = _no_progress) -> None:

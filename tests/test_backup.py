@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from coditect_ctx import backup as bk
+from coditect_ctx import snapshot as bk_snapshot
 from coditect_ctx.kinds import TABLES as KIND_TABLES
 from coditect_ctx.stores import Store
 from coditect_ctx.stores import postgres as pg
@@ -178,7 +179,8 @@ def test_round_trip_brings_back_every_row_and_vector(fresh_stack, cli):
     manifest = bk.load_manifest(folder)
     assert manifest["postgres"]["rows"]["messages"] == 40
     assert sum(c["vectors"] for c in manifest["chroma"]["collections"].values()) == sum(map(len, vectors_before.values()))
-    assert set(manifest["files"]) == {"postgres.dump", *(f"chroma/{n}.jsonl.gz" for n in COLLECTIONS.values())}
+    assert set(manifest["files"]) == {"postgres.dump", bk_snapshot.SNAPSHOT_FILE,
+                                      *(f"chroma/{n}.jsonl.gz" for n in COLLECTIONS.values())}
     from coditect_ctx.health import OK, check_backup, newest_backup
 
     assert newest_backup(settings)[0] == folder
@@ -273,7 +275,9 @@ def test_backup_during_a_real_migrate_restores_consistent(fresh_stack, cli, tmp_
         seed(store, n=50)
         before = _messages(store)
     source = _many_messages(tmp_path / "bulk", 4000)
-    migrate = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(source), "--json"],
+    # --wait: a backup holds the writer lock for the seconds its Chroma snapshot takes (snapshot.py); a migrate
+    # that starts then waits for it, as one from cron should
+    migrate = subprocess.Popen([sys.executable, "-m", "coditect_ctx", "migrate", str(source), "--json", "--wait", "120"],
                                env={**os.environ, **settings_env(settings)}, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     made = None  # the first backup during which migrate marked rows embedded (their vectors written just before)

@@ -83,7 +83,7 @@ def test_encrypted_round_trip_needs_the_right_identity(fresh_stack, tmp_path):
     folder = Path(json.loads(made.stdout)["path"])
     assert json.loads(made.stdout)["encryption"] == {"format": "age", "recipients": [public]}
     stored = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert stored == sorted(["manifest.json", "postgres.dump.age",
+    assert stored == sorted(["manifest.json", "postgres.dump.age", "chroma-snapshot.tar.zst.age",
                              *(f"chroma/{n}.jsonl.gz.age" for n in bk.COLLECTIONS.values())])
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     manifest = json.loads((folder / "manifest.json").read_text())  # in clear: list and verify need no key
@@ -305,12 +305,13 @@ def test_no_clear_copy_on_disk_and_staging_removed_after_a_kill(stack, tmp_path)
     with Store(settings) as store:
         seed(store, n=6, prefix="enc-kill")
     try:
-        # mid-backup (PostgreSQL dumped, vectors not exported): only the encrypted dump is on disk
+        # mid-backup (PostgreSQL dumped, vectors not exported): only the encrypted dump and Chroma snapshot are on disk
         proc = _paused(settings, "backup-dump", "backup", "--dest", str(root), CTX_BACKUP_RECIPIENTS=public)
         try:
             partial = next(root.glob(".*.partial"))
             entries = sorted(str(p.relative_to(partial)) for p in partial.rglob("*"))
-            assert entries == ["chroma", "postgres.dump.age"], entries  # no clear dump, no pipe left
+            assert entries == ["chroma", "chroma-snapshot.tar.zst.age", "postgres.dump.age"], entries  # no clear copy, no pipe
+            assert not list(settings.home.glob("chroma.*"))  # the snapshot's plain copy is gone too
             assert (partial / "postgres.dump.age").read_bytes().startswith(b"age-encryption.org/v1\n")
         finally:
             _kill(proc)

@@ -145,7 +145,8 @@ def test_backup_killed_while_dumping_and_restore_killed_while_loading(fresh_stac
             conn.execute("TRUNCATE messages CASCADE")
             conn.commit()
         store.chroma.delete_collection(COLLECTIONS["message"])
-    _kill_at(settings, "restore-load", "restore", str(complete[0].path), "--yes")
+    # (--portable: the point is in the reload of the portable export; the snapshot's swap has a test of its own)
+    _kill_at(settings, "restore-load", "restore", str(complete[0].path), "--yes", "--portable")
     with Store(settings) as store:
         with store.pg() as conn:
             messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]

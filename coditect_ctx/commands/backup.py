@@ -18,6 +18,11 @@ DestOpt = Annotated[
 ]
 
 
+PortableOpt = Annotated[
+    bool,
+    typer.Option("--portable", help="backup: the portable export only (no Chroma snapshot, Chroma never stopped); "
+                 "restore: reload the portable export even when the snapshot could be used.", show_default=False),
+]
 IdentityOpt = Annotated[
     Path | None,
     typer.Option("--identity", "-i", metavar="FILE", show_default=False,
@@ -76,9 +81,13 @@ def _repos(ctx: typer.Context, dest: Path | None, repo: list[str] | None):
 
 
 @backup_app.callback()
-def backup(ctx: typer.Context, dest: DestOpt = None, to: ToOpt = None, json_out: JsonOpt = False) -> None:
+def backup(ctx: typer.Context, dest: DestOpt = None, to: ToOpt = None, portable: PortableOpt = False,
+           json_out: JsonOpt = False) -> None:
     """Take a backup now: one folder named by UTC time, published only when complete, written to every
-    repository (--to, CTX_BACKUP_REPOS) in the same run. Made for cron."""
+    repository (--to, CTX_BACKUP_REPOS) in the same run. Made for cron.
+
+    With the local runtime and no other writer, Chroma is stopped for the seconds its folder takes to copy (a
+    snapshot that restores fast); --portable skips that."""
     if ctx.invoked_subcommand is not None:
         if dest:  # `ctx backup --dest DIR list` means the same as `ctx backup list --dest DIR`
             ctx.ensure_object(dict)["backup_dir"] = str(dest)
@@ -87,7 +96,8 @@ def backup(ctx: typer.Context, dest: DestOpt = None, to: ToOpt = None, json_out:
 
     def body() -> int:
         with _progress(json_out) as progress:
-            result = backup_to(_settings(ctx, dest), to or None, report=_note(json_out), progress=progress)
+            result = backup_to(_settings(ctx, dest), to or None, report=_note(json_out), progress=progress,
+                               portable=portable)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:
@@ -95,7 +105,8 @@ def backup(ctx: typer.Context, dest: DestOpt = None, to: ToOpt = None, json_out:
             vectors = sum(c["vectors"] for c in made.manifest["chroma"]["collections"].values())
             rows = sum(made.manifest["postgres"]["rows"].values())
             enc = made.manifest.get("encryption")
-            print(f"backup {made.name}: {rows} rows, {vectors} vectors, {output.human_bytes(made.size_bytes)}"
+            snap = "Chroma snapshot" if made.manifest["chroma"].get("snapshot") else "no Chroma snapshot"
+            print(f"backup {made.name}: {rows} rows, {vectors} vectors, {snap}, {output.human_bytes(made.size_bytes)}"
                   f" at {', '.join(result.locations)}"
                   + (f", encrypted (age) to {len(enc['recipients'])} recipient(s)" if enc else ""))
         return 0
@@ -216,9 +227,13 @@ def restore(
     identity: IdentityOpt = None,
     dest: DestOpt = None,
     wait: WaitOpt = 0.0,
+    portable: PortableOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Replace the store's data with a backup's (checksums and schema checked first), then validate it.
+
+    Chroma comes back from the backup's snapshot when its version matches and the runtime is local (fast), else
+    from the portable export.
 
     An encrypted backup needs --identity (exit 2 without it, or with one that is not its key).
     Exit 75 when another command is changing the store (see --wait)."""
@@ -227,13 +242,13 @@ def restore(
     def body() -> int:
         with _progress(json_out) as progress:
             result = restore_backup(_settings(ctx, dest, identity), backup, yes=yes, report=_note(json_out),
-                                    progress=progress, wait=wait, warn=output.note)
+                                    progress=progress, wait=wait, warn=output.note, portable=portable)
         if json_out:
             output.emit_json({"ok": True, **result.as_dict()})
         else:
             rows = sum(result.rows.values())
             vectors = sum(result.vectors.values())
-            print(f"restored {result.backup}: {rows} rows, {vectors} vectors; "
+            print(f"restored {result.backup}: {rows} rows, {vectors} vectors (Chroma from the {result.chroma}); "
                   f"{result.marked_not_embedded} rows marked for re-embedding; checks: {', '.join(result.checks)}")
         return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -103,6 +104,19 @@ class Runtime(ABC):
         passfile, never on a command line `ps` shows. stdout goes to `output` when given (a dump), `input_file`
         is read by the tool (a restore). Returns the tool's text output; raises ServiceError on failure.
         """
+
+    def chroma_folder(self) -> Path | None:
+        """Chroma's persistent folder when this runtime can stop Chroma and have its files read or replaced while
+        it is stopped (`chroma_stopped`): what physical snapshots need. None when it cannot (the default)."""
+        return None
+
+    @contextmanager
+    def chroma_stopped(self, report: Callable[[str], None] = lambda msg: None) -> Iterator[Path]:
+        """Stop Chroma, yield its folder (which the body may read, or replace by renaming), then start Chroma
+        and wait until it answers, whatever the body did. Only where `chroma_folder()` is not None."""
+        raise UsageError(f"The {self.name} runtime cannot stop Chroma to read or replace its files",
+                         hint="Restore from the portable export (`ctx restore --portable`).")
+        yield Path()  # pragma: no cover  (a generator, for contextmanager)
 
     def log_path(self, service: str) -> Path | None:
         return None

@@ -18,8 +18,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..config import Settings, pg_url_for
 from ..errors import ConfigError, ServiceError
@@ -462,6 +463,29 @@ class LocalRuntime(Runtime):
         procs.spawn(argv, pid_file, self.log_path("chroma"), env=env, cwd=self.chroma_dir)
         report("chroma: started (token required)")
         return True
+
+    def chroma_folder(self) -> Path | None:
+        return self.chroma_dir
+
+    @contextmanager
+    def chroma_stopped(self, report: _Report = lambda msg: None) -> Iterator[Path]:
+        """Chroma stopped (SIGTERM: it exits cleanly, its files at rest) for the body; started again afterwards,
+        with an empty folder if the body left none (a rerun of what was interrupted fills it)."""
+        pid = self._live("chroma")
+        if pid is not None:
+            if not procs.terminate(pid):
+                raise ServiceError(f"chroma (pid {pid}) did not stop", hint=f"Kill it by hand: kill -9 {pid}",
+                                   service="chroma")
+            (self.run / "chroma.pid").unlink(missing_ok=True)
+            report("chroma: stopped")
+        try:
+            yield self.chroma_dir
+        finally:
+            self.chroma_dir.mkdir(mode=0o700, exist_ok=True)
+            if self._start_chroma(report):
+                ep = self.endpoints()
+                self._wait_process("chroma", lambda: probes.chroma_ready(ep.chroma_url, timeout=1.0),
+                                   self.settings.start_timeout)
 
     # -- Redis -------------------------------------------------------------------------------------------
     def _start_redis(self, report: _Report) -> bool:

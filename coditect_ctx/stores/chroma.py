@@ -28,6 +28,11 @@ class Chroma(ChromaConnection):
         super().__init__(url, token, **options)
         self._ids: dict[str, str] = {}
 
+    def close(self) -> None:
+        """Close the connection and forget collection ids (a restored Chroma folder brings ids of its own)."""
+        super().close()
+        self._ids.clear()
+
     # -- collections -------------------------------------------------------------------------------------
     def _named(self, name: str) -> str:
         return self.database_path() + "/collections/" + quote(name, safe="")
