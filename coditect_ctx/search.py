@@ -57,7 +57,7 @@ MIN_CANDIDATES = 30
 CHUNK_FANOUT = 3
 TRIGRAM_THRESHOLD = 0.3
 # Part of every cache key: change it whenever ranking or output changes, so old cached pages are not served.
-SEARCH_VERSION = "search-v3"
+SEARCH_VERSION = "search-v4"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _WEB_OPERATORS = re.compile(r'"|(^|\s)-\w|\s(or|OR)\s')

@@ -46,6 +46,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[\ue000]?[A-Z0-9])")
 _WORDS = re.compile(r"\w+")
 _MARKED = re.compile(f"{MARK_START}([^{MARK_STOP}]*){MARK_STOP}")
 BEST_LINES = 4  # lines with the most distinct matches whose sentences are read
+BATCHES = 3  # at most BATCHES x BEST_LINES lines are looked at for a match that is not the title again
 WINDOW = 2  # lines read before and after each of them (a sentence wrapped over several lines)
 _LEAD_CHARS = " \t>⏺●⎿✻∴│└├-+•0123456789.)" + MARK_START + MARK_STOP
 _KEY_REACH = 45  # a 'Key:' label ends within this many characters of a line's start
@@ -151,19 +152,26 @@ def _clean(unit: str) -> str:
     return " ".join(unit.split())
 
 
-def _sentences(marked: str, marked_only: bool) -> list[tuple[str, bool]]:
+def _sentences(marked: str, marked_only: bool, title_key: str = "") -> list[tuple[str, bool]]:
     """Readable sentences of the marked text, (sentence, is data), in order, scaffolding dropped, each at most once.
 
     marked_only: only around the lines with the most distinct matches (BEST_LINES of them, WINDOW lines before and
-    after, within their paragraph): the cost of a snippet stays bounded however long the text and however common
-    the words. Else the first sentences, about enough to fill a snippet."""
+    after, within their paragraph; the next BEST_LINES while every match found only repeats the title, up to
+    BATCHES times): the cost of a snippet stays bounded however long the text and however common the words.
+    Else the first sentences, about enough to fill a snippet."""
     text = _INLINE_HEADING.sub("\n", _drop_front_matter(marked.replace("\r\n", "\n")))
     lines = text.split("\n")
-    if marked_only:
-        scored = sorted((_looks_like_scaffolding(line), -len({m.lower() for m in _MARKED.findall(line)}), i)
-                        for i, line in enumerate(lines) if MARK_START in line)
+    fences = [i for i, line in enumerate(lines) if _FENCE.match(line)] if ("```" in text or "~~~" in text) else []
+    out: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+    if not marked_only:
+        _read(lines, [[0, len(lines)]], fences, seen, out, 2 * SNIPPET_CHARS)
+        return out
+    ranked = [i for *_, i in sorted((_looks_like_scaffolding(line), -len({m.lower() for m in _MARKED.findall(line)}),
+                                     i) for i, line in enumerate(lines) if MARK_START in line)]
+    for start in range(0, min(len(ranked), BATCHES * BEST_LINES), BEST_LINES):
         windows: list[list[int]] = []
-        for *_, i in sorted(scored[:BEST_LINES], key=lambda x: x[-1]):
+        for i in sorted(ranked[start:start + BEST_LINES]):
             lo = i
             while lo > 0 and i - lo < WINDOW and lines[lo - 1].strip():
                 lo -= 1
@@ -174,11 +182,15 @@ def _sentences(marked: str, marked_only: bool) -> list[tuple[str, bool]]:
                 windows[-1][1] = max(windows[-1][1], hi)
             else:
                 windows.append([lo, hi])
-    else:
-        windows = [[0, len(lines)]]
-    fences = [i for i, line in enumerate(lines) if _FENCE.match(line)] if ("```" in text or "~~~" in text) else []
-    out: list[tuple[str, bool]] = []
-    seen: set[str] = set()
+        _read(lines, windows, fences, seen, out, None)
+        if any(MARK_START in s and not (title_key and _contains(title_key, _key(s))) for s, _ in out):
+            break
+    return out
+
+
+def _read(lines: list[str], windows: list[list[int]], fences: list[int], seen: set[str],
+          out: list[tuple[str, bool]], enough: int | None) -> None:
+    """Append the new sentences of the given [lo, hi) line windows to `out` (until `enough` characters, if given)."""
     size = 0
     for lo, hi in windows:
         in_code = sum(1 for f in fences if f < lo) % 2 == 1
@@ -191,9 +203,8 @@ def _sentences(marked: str, marked_only: bool) -> list[tuple[str, bool]]:
                         seen.add(key)
                         out.append((sentence, data))
                         size += len(sentence)
-            if not marked_only and size > 2 * SNIPPET_CHARS:
-                return out
-    return out
+            if enough is not None and size > enough:
+                return
 
 
 def _looks_like_scaffolding(line: str) -> bool:
@@ -227,10 +238,10 @@ def choose(marked: str, title: str | None = None) -> list[str]:
     """The sentences to show, best first: marked ones (prose before tables and code, then by distinct matched words),
     else the first readable prose."""
     title_key = _key(title or "")
-    sentences = _sentences(marked, marked_only=MARK_START in marked)
+    sentences = _sentences(marked, MARK_START in marked, title_key)
     candidates = [(i, s, data) for i, (s, data) in enumerate(sentences) if MARK_START in s]
     if not candidates and MARK_START in marked:  # every match was in scaffolding: show the record's first sentences
-        sentences = _sentences(marked, marked_only=False)
+        sentences = _sentences(marked, False)
     if candidates:
         def rank(item):
             i, s, data = item

@@ -286,3 +286,11 @@ def test_a_wrapped_table_row_is_data_shown_without_pipes_only_when_nothing_else_
     text, spans = snippet(f"| 1 | {S}quota{E} core | done, and this row\n| wrapped on |")
     assert "|" not in text and "quota" in text, text
     assert plain_marked(text, spans) == ["quota"]
+
+
+def test_a_match_beyond_many_title_repeats_is_found():
+    # the title's words fill more lines than are read at first (Session: TITLE, Objectives: TITLE, ...)
+    repeats = "\n\n".join(["Redis cache eviction policy tuned"] * 8)
+    body = mark(f"{repeats}\n\nWe changed the eviction policy after the cache lost keys.", "Redis", "cache", "eviction")
+    text, spans = snippet(body, "Redis cache eviction policy tuned")
+    assert text == "We changed the eviction policy after the cache lost keys.", text
