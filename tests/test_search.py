@@ -90,6 +90,66 @@ def titles(result) -> list[str]:
     return [h.title for h in result.hits]
 
 
+# -- the full-text engine ranks a bounded candidate set -----------------------------------------------------
+def _every_match_ranked(settings, question: str, n: int) -> list[tuple[str, str]]:
+    """The reference: every record holding one of the question's words, ranked by ts_rank_cd (+1 for an exact
+    match), the best n of each kind, merged best first (what the text engine did before it bounded its work)."""
+    from coditect_ctx.kinds import KINDS
+    from coditect_ctx.search import relaxed_text
+    from coditect_ctx.stores import Store
+
+    rows = []
+    with Store(settings) as store, store.pg(autocommit=True) as conn:
+        for name, kind in KINDS.items():
+            rows += conn.execute(
+                f"""SELECT %(name)s, t.id::text, ts_rank_cd(t.search_vector, q.relaxed, 1)
+                           + CASE WHEN t.search_vector @@ q.strict THEN 1.0 ELSE 0.0 END AS score
+                    FROM {kind.table} t, (SELECT websearch_to_tsquery('english', %(q)s) AS strict,
+                                                 websearch_to_tsquery('english', %(relaxed)s) AS relaxed) q
+                    WHERE t.search_vector @@ q.relaxed ORDER BY score DESC LIMIT %(n)s""",
+                {"name": name, "q": question, "relaxed": relaxed_text(question), "n": n}).fetchall()
+    rows.sort(key=lambda row: -row[2])
+    return [(kind, rid) for kind, rid, _ in rows[:n]]
+
+
+QUESTIONS = ["why did the export worker run out of database connections", "redis eviction policy", "flaky tests",
+             "connection pool", '"allkeys-lru" -staging', "how were the keys without a TTL evicted", "retry"]
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_full_text_ranks_as_every_match_did_while_no_word_is_common(samples, question):
+    from coditect_ctx.search import Searcher
+
+    with Searcher(samples) as searcher:
+        rankings, _ = searcher.engine_rankings(make_query(question, mode="text"))
+    assert rankings.get("text", []) == _every_match_ranked(samples, question, 30)
+
+
+def test_a_common_word_alone_makes_no_full_text_candidate(samples, monkeypatch):
+    """With every word common (a threshold of 0 records), a candidate must hold two of the question's words."""
+    from coditect_ctx import search as search_mod
+    from coditect_ctx.stores import Store
+
+    question = "redis eviction policy for the export worker"
+    words = search_mod.relaxed_text(question).split(" or ")
+    everything = _every_match_ranked(samples, question, 1000)
+    monkeypatch.setattr(search_mod, "COMMON_WORD_RECORDS", 0)
+    with search_mod.Searcher(samples) as searcher:
+        rankings, _ = searcher.engine_rankings(make_query(question, mode="text", limit=50))
+    candidates = rankings["text"]
+    with Store(samples) as store, store.pg() as conn:
+        def held(kind: str, rid: str) -> int:
+            table = {"session": "sessions", "checkpoint": "checkpoints", "pattern": "patterns", "message": "messages"}[kind]
+            return conn.execute(f"SELECT count(*) FILTER (WHERE t.search_vector @@ websearch_to_tsquery('english', w)) "
+                                f"FROM {table} t, unnest(%s::text[]) w WHERE t.id = %s", (words, rid)).fetchone()[0]
+
+        alone = [key for key in everything if held(*key) == 1]
+        assert alone, "the samples must hold records with one word of the question, or this test proves nothing"
+        assert candidates and all(held(*key) >= 2 for key in candidates)
+        assert not set(alone) & set(candidates)
+    assert set(candidates) <= set(everything)
+
+
 # -- modes ---------------------------------------------------------------------------------------------------
 def test_hybrid_finds_the_record_a_question_is_about(samples):
     result = run(samples, "what did we do when the database refused new connections")
