@@ -4,7 +4,8 @@
     CTX_HOME=... python bench/bench_search.py     # an existing store (with the corpus in it), used as is
     options: --quality-only, --latency-only, --tune (grid over RRF k and weights), --migrate (migrate the corpus
              into the given store first), --keep (leave a fresh store running), --records 0,100000,300000 (the sizes
-             measured, grown in this order; 0 = as it is), --rounds N, --processes N, --explain (query plans)
+             measured, grown in this order; 0 = as it is), --rounds N, --processes N, --explain (query plans),
+             --snippets (what the final pages' snippets show and cost, beside the snippets before issue 14)
 
 Quality: bench/eval_queries.json (51 questions the fusion constants were tuned on; --tune tunes on these only) and
 bench/eval_queries_holdout.json (hold-out questions over records the first set does not touch, never tuned on;
@@ -222,6 +223,77 @@ def tune_fusion(searcher: Searcher, queries: list[dict], matches: list[dict],
         hr, hrr = evaluate(None, k, {"text": 1.0, "trigram": w_trgm, "semantic": w_sem}, on="hold-out")
         note = "  <- current settings" if (k, w_sem, w_trgm) == current else ""
         print(f"{k:5} {w_sem:6} {w_trgm:7} {r:10.3f} {rr:8.3f}   {hr:18.3f} {hrr:8.3f}{note}")
+
+
+# -- snippets -----------------------------------------------------------------------------------------------
+# The snippets before issue 14, the baseline: two ts_headline fragments of 16 words over the first 20,000
+# characters, flattened, a few Markdown markers dropped.
+OLD_HEADLINE = ('StartSel="\ue000", StopSel="\ue001", MaxWords=16, MinWords=6, MaxFragments=2, '
+                'FragmentDelimiter=" … "')
+OLD_SOURCE_CHARS = 20000
+OLD_MARKUP = re.compile(r"\*\*|__|`+|(?:^|\s)#{1,6}(?=\s)|^>\s|\[[ xX]\]")
+# What a reader should not see in a snippet (a rough detector: a '#' shell comment or '---' in a file name counts too)
+SCAFFOLDING = re.compile(r"(^|\s)#{1,6}\s|---|\*\*\*|\||```|\*\*|`|Session Export|Session Metadata|CODITECT Checkpoint"
+                         r"|\b(Timestamp|Checkpoint|Sprint|Status|Repository|Participants|Objectives|Tags|Export Time):")
+
+
+def old_snippet(headline: str | None) -> tuple[str, list]:
+    from coditect_ctx.snippets import SNIPPET_CHARS, _unmark
+
+    text, spans = _unmark(" ".join(OLD_MARKUP.sub(" ", headline or "").split()))
+    return (text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rstrip() + "…"), spans
+
+
+def snippet_report(settings) -> None:
+    """The final page's snippets for every question of both sets (hybrid, top 10): how many show a sentence twice,
+    scaffolding, a highlighted match, and what the page's SQL and the Python cutting them cost, new beside old."""
+    from coditect_ctx import snippets
+
+    def repeated(text: str) -> bool:
+        parts = [" ".join(re.findall(r"\w+", p.lower())) for p in re.split(r"(?<=[.!?])\s+|…", text)]
+        parts = [p for p in parts if p.count(" ") >= 2]
+        return len(parts) != len(set(parts))
+
+    questions = [q["q"] for path in (EVAL, HOLDOUT) for q in json.loads(path.read_text())["queries"]]
+    cost = {"old sql": [], "new sql": [], "old python": [], "new python": []}
+    counts = {"old": [0, 0, 0], "new": [0, 0, 0]}  # sentence twice, scaffolding, highlighted
+    hits = 0
+    with Searcher(settings) as searcher:
+        conn = searcher.conn()
+        for q in questions:
+            rankings, _ = searcher.engine_rankings(make_query(q))
+            keys = [f.key for f in fusion.weighted_rrf(rankings, search_mod.WEIGHTS, search_mod.RRF_K)[:10]]
+            types = [t for t in search_mod.TYPES if any(k[0] == t for k in keys)]
+            params = {"relaxed": search_mod.relaxed_text(q), **{f"{t}_ids": [k[1] for k in keys if k[0] == t] for t in types}}
+            new_sql = search_mod._hydrate_sql(types)
+            old_sql = new_sql.replace(f"{snippets.SOURCE_CHARS})", f"{OLD_SOURCE_CHARS})")
+            assert old_sql != new_sql, "the page's SQL no longer bounds ts_headline's text by SOURCE_CHARS"
+            rows = {}
+            for name, sql, opts in (("old", old_sql, OLD_HEADLINE), ("new", new_sql, snippets.HEADLINE_OPTS)):
+                for _ in range(2):  # the second one is timed (warm)
+                    t0 = time.perf_counter()
+                    rows[name] = conn.execute(sql, {**params, "hl": opts}).fetchall()
+                cost[f"{name} sql"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            old = [old_snippet(r[5]) for r in rows["old"]]
+            cost["old python"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            new = [snippets.snippet(r[5], r[2]) for r in rows["new"]]
+            cost["new python"].append(time.perf_counter() - t0)
+            hits += len(new)
+            for name, shown in (("old", old), ("new", new)):
+                for text, spans in shown:
+                    counts[name][0] += repeated(text)
+                    counts[name][1] += bool(SCAFFOLDING.search(text))
+                    counts[name][2] += bool(spans)
+    print(f"\nsnippets of the top 10 hybrid hits of {len(questions)} questions ({hits} hits): old = 2 ts_headline "
+          f"fragments over {OLD_SOURCE_CHARS} chars, new = snippets.py over {snippets.SOURCE_CHARS}")
+    print(f"{'':28} {'old':>8} {'new':>8}")
+    for i, label in enumerate(("a sentence shown twice", "scaffolding shown", "a highlighted match")):
+        print(f"{label:28} {counts['old'][i]:8} {counts['new'][i]:8}")
+    for part in ("sql", "python"):
+        o, n = statistics.median(cost[f"old {part}"]), statistics.median(cost[f"new {part}"])
+        print(f"{'page ' + part + ' (median ms)':28} {1000 * o:8.2f} {1000 * n:8.2f}")
 
 
 # -- latency ------------------------------------------------------------------------------------------------
@@ -463,6 +535,8 @@ def main() -> None:
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--latency-only", action="store_true")
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--snippets", action="store_true",
+                        help="with the quality: what the final pages' snippets show and cost, new beside the old ones")
     parser.add_argument("--migrate", action="store_true")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--records", default="0,100000,300000",
@@ -480,6 +554,8 @@ def main() -> None:
         if fresh or args.migrate:
             migrate_corpus(settings)
         tables = None if args.latency_only else quality(settings, args.tune)
+        if args.snippets:
+            snippet_report(settings)
         if not args.quality_only:
             sizes = [int(x) for x in args.records.split(",")]
             targets(latency(settings, sizes, args.processes, args.rounds, args.explain), tables and tables["tuned"])
