@@ -4,6 +4,7 @@ tampering, bad keys, and files the standard `age` tool decrypts. Real stores, th
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -11,11 +12,13 @@ import stat
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from coditect_ctx import backup as bk
 from coditect_ctx.runtime.pgtools import embedded_pg_bin
@@ -269,6 +272,11 @@ def test_the_age_tool_decrypts_every_file(stack, tmp_path, age_tool):
             assert len(lines) == meta["vectors"]
             assert all(len(json.loads(line)["embedding_f32le_b64"]) > 0 for line in lines)
         assert made.manifest["chroma"]["collections"]["messages_embeddings"]["vectors"] > 0
+        snapshot = made.manifest["chroma"]["snapshot"]  # Chroma's folder as files (local runtime, store idle)
+        clear = subprocess.run([age_tool, "-d", "-i", str(key), str(made.path / (snapshot["file"] + ".age"))],
+                               capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(clear))) as tar:
+            assert any(name.endswith("chroma.sqlite3") for name in tar.getnames()), tar.getnames()
         wrong = subprocess.run([age_tool, "-d", "-i", str(_key(tmp_path, "w.txt")[0]),
                                 str(made.path / "postgres.dump.age")], capture_output=True)
         assert wrong.returncode != 0 and wrong.stdout == b""
