@@ -352,6 +352,9 @@ def create_backup(
     and removes it (prune removes it after a day if the run was killed)."""
     root = Path(dest) if dest else settings.backups_path
     recipients = crypt.parse_recipients(settings.backup_recipients)  # a bad key stops us before anything is written
+    if recipients and settings.backup_identity and Path(settings.backup_identity).expanduser().is_file():
+        report(f"warning: an age identity ({crypt.IDENTITY_SETTING}) is kept on the machine that takes the backups: "
+               "whoever can read them here can read that key too; keep it elsewhere and bring it to restore")
     started = utc_now()
     try:
         root.mkdir(parents=True, exist_ok=True)

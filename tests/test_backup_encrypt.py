@@ -218,6 +218,10 @@ def test_bad_recipients_and_identities_are_clear_errors(stack, tmp_path):
     assert not (tmp_path / "b").exists() or bk.list_backups(tmp_path / "b") == []
 
     recipients.write_text(f"# ops team\n{public}\n")
+    made = _ctx(settings, "backup", *dest, CTX_BACKUP_RECIPIENTS=str(recipients), CTX_BACKUP_IDENTITY=str(key))
+    assert made.returncode == 0, made.stderr
+    assert "identity (CTX_BACKUP_IDENTITY) is kept on the machine that takes the backups" in made.stderr
+    assert _secret(key) not in made.stderr + made.stdout
     made = _ctx(settings, "backup", *dest, "--json", CTX_BACKUP_RECIPIENTS=str(recipients))
     assert made.returncode == 0, made.stderr
     name = json.loads(made.stdout)["name"]
