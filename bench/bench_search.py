@@ -452,7 +452,7 @@ def explain(settings, question: str) -> None:
     query = make_query(question)
     n = max(s.MIN_CANDIDATES, s.CANDIDATE_FACTOR * query.limit)
     relaxed = s.relaxed_text(question)
-    params = {**s._params(query), "q": question, "relaxed": relaxed, "trgm": question[:200]}
+    params = {**s._params(query), "q": question, "relaxed": relaxed, "words": s._words(question), "trgm": question[:200]}
     with Searcher(settings) as searcher:
         conn = searcher.conn()
         conn.execute("SELECT set_config('pg_trgm.similarity_threshold', %s, false)", (str(s.TRIGRAM_THRESHOLD),))

@@ -62,9 +62,12 @@ TRIGRAM_THRESHOLD = 0.3
 # common there and makes a candidate only with another of the question's words; the candidates' cheap ts_rank
 # keeps the best RANK_SHORTLIST (at least 3 x the engine's n) for ts_rank_cd. Chosen on the corpus at 22,371
 # records: 100 / 150 gave hybrid 0.948 / 0.789 on eval_queries.json but lost one hold-out answer (0.982 / 0.887);
-# 400 / 150 keeps both sets at or above ranking every match (tuned 0.938 / 0.789, hold-out 1.000 / 0.896).
+# 400 / 150 keeps both sets at or above ranking every match (tuned 0.938 / 0.798, hold-out 1.000 / 0.896).
+# A question with TRIPLES_FROM common words or more needs three of them in a record: pairs of common words grow
+# with the store (at 300,000 records the pairs made text p50 1.7x slower), triples far less; same quality.
 COMMON_WORD_RECORDS = 400
 RANK_SHORTLIST = 150
+TRIPLES_FROM = 4
 # Part of every cache key: change it whenever ranking or output changes, so old cached pages are not served.
 SEARCH_VERSION = "search-v4"
 
@@ -271,8 +274,8 @@ def _text_sql(query: SearchQuery, n: int) -> list[tuple[str, str]]:
     tens of microseconds a record (its cover search), and a common word ("new", "file", "commit") is held by
     thousands, more with every record added. A word more than COMMON_WORD_RECORDS records of a kind hold is common
     there (counted on the GIN index, stopping at that number); a record is a candidate when it holds one of the
-    question's rarer words, or two of its common ones (a record holding a single common word and nothing else of
-    the question rarely answers it). The candidates are shortlisted by ts_rank (a fifth of ts_rank_cd's cost) and
+    question's rarer words, or two of its common ones (three when it has TRIPLES_FROM or more): a record holding a
+    single common word and nothing else of the question rarely answers it. The candidates are shortlisted by ts_rank (a fifth of ts_rank_cd's cost) and
     the shortlist ranked as before. A question with one word, only rare words, or operators ("phrase", -word, or)
     has every match as a candidate.
     """
@@ -292,7 +295,14 @@ def _text_sql(query: SearchQuery, n: int) -> list[tuple[str, str]]:
                         UNION ALL
                         SELECT '(' || a.tq::text || ') & (' || string_agg(b.tq::text, ' | ') || ')'
                         FROM w_{name} a JOIN w_{name} b ON a.common AND b.common AND a.tq < b.tq
-                        GROUP BY a.tq) parts)""")
+                        WHERE (SELECT count(*) FROM w_{name} WHERE common) < {TRIPLES_FROM}
+                        GROUP BY a.tq
+                        UNION ALL
+                        SELECT '(' || a.tq::text || ') & (' || b.tq::text || ') & (' || string_agg(c.tq::text, ' | ') || ')'
+                        FROM w_{name} a JOIN w_{name} b ON a.common AND b.common AND a.tq < b.tq
+                             JOIN w_{name} c ON c.common AND b.tq < c.tq
+                        WHERE (SELECT count(*) FROM w_{name} WHERE common) >= {TRIPLES_FROM}
+                        GROUP BY a.tq, b.tq) parts)""")
         # A record matching the user's exact websearch query (all words / the phrase) ranks above one that only
         # matches some words; among equals, ts_rank_cd (cover density, normalised by log length: flag 1). The
         # shortlist keeps those exact matches first, then the best by ts_rank.
@@ -360,7 +370,7 @@ def _chroma_where(query: SearchQuery) -> dict | None:
 def _tuning() -> list:
     """Everything besides the query that decides an answer: part of the cache key."""
     return [WEIGHTS, RRF_K, CANDIDATE_FACTOR, MIN_CANDIDATES, CHUNK_FANOUT, TRIGRAM_THRESHOLD, COMMON_WORD_RECORDS,
-            HEADLINE_OPTS, SNIPPET_CHARS, SOURCE_CHARS]
+            RANK_SHORTLIST, TRIPLES_FROM, HEADLINE_OPTS, SNIPPET_CHARS, SOURCE_CHARS]
 
 
 # -- the job ---------------------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def test_full_text_ranks_as_every_match_did_while_no_word_is_common(samples, que
 
 
 def test_a_common_word_alone_makes_no_full_text_candidate(samples, monkeypatch):
-    """With every word common (a threshold of 0 records), a candidate must hold two of the question's words."""
+    """With every word common (a threshold of 0 records), a candidate must hold two of the question's words, three
+    when the question has TRIPLES_FROM (4) such words or more."""
     from coditect_ctx import search as search_mod
     from coditect_ctx.stores import Store
 
@@ -145,8 +146,13 @@ def test_a_common_word_alone_makes_no_full_text_candidate(samples, monkeypatch):
 
         alone = [key for key in everything if held(*key) == 1]
         assert alone, "the samples must hold records with one word of the question, or this test proves nothing"
-        assert candidates and all(held(*key) >= 2 for key in candidates)
+        assert candidates and all(held(*key) >= 3 for key in candidates)  # 5 words: redis eviction policy export worker
         assert not set(alone) & set(candidates)
+        monkeypatch.setattr(search_mod, "TRIPLES_FROM", 99)
+        with search_mod.Searcher(samples) as searcher:
+            pairs = searcher.engine_rankings(make_query(question, mode="text", limit=50))[0]["text"]
+        assert all(held(*key) >= 2 for key in pairs) and set(candidates) <= set(pairs)
+        assert any(held(*key) == 2 for key in pairs), "no record holds exactly two words: the rule is not tested"
     assert set(candidates) <= set(everything)
 
 
