@@ -161,7 +161,7 @@ def encryption_of(manifest: dict) -> dict | None:
     return enc
 
 
-def identities_for(settings: Settings, folder: Path, manifest: dict, warn: Report = _quiet) -> list | None:
+def identities_for(settings: Settings, folder: Path | str, manifest: dict, warn: Report = _quiet) -> list | None:
     """The age identities that open this backup (from --identity / CTX_BACKUP_IDENTITY); None for a backup in
     clear. UsageError (exit 2, nothing changed) when it is encrypted and no identity was given, or the one given
     opens none of its recipients: the backup is fine, the key is not its (exit 5 would send the operator to
@@ -178,7 +178,7 @@ def identities_for(settings: Settings, folder: Path, manifest: dict, warn: Repor
     identities = crypt.load_identities(settings.backup_identity, warn)
     if not set(crypt.public_keys(identities)) & set(recipients):
         raise UsageError(f"The identity file {Path(settings.backup_identity).expanduser()} opens none of the "
-                         f"recipients {folder.name} was encrypted to ({shown})",
+                         f"recipients {Path(str(folder)).name} was encrypted to ({shown})",
                          hint="Use the identity of one of those public keys (`age-keygen -y key.txt` prints a key's "
                               "public key); nothing was changed.")
     return identities

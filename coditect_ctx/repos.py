@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .backup import (
     _NAME, MANIFEST, PENDING_MANIFEST, VERIFIED, BackupInfo, BackupResult, PrunePlan, Progress, Report, _fsync_dir,
@@ -32,7 +32,7 @@ from .backup import (
 )
 from . import __version__
 from .config import Settings
-from .errors import CtxError, DataError, UsageError
+from .errors import ConfigError, CtxError, DataError, UsageError
 from .points import reach
 from .stores import s3
 
@@ -176,6 +176,9 @@ class S3Repo:
     def put(self, folder: Path, manifest_file: Path, name: str, report: Report = _quiet,
             progress: Progress = _no_progress) -> str:
         """Stream every file of the folder up (multipart above PART_BYTES), then the manifest: only then is it a backup."""
+        if self._objects(name):
+            raise ConfigError(f"{self.location(name)} already exists: another store writes backups to this prefix",
+                              hint="Give each store its own prefix (s3://BUCKET/PREFIX), e.g. named after the host.")
         files = sorted(p for p in folder.rglob("*")
                        if p.is_file() and p.name not in (MANIFEST, PENDING_MANIFEST, VERIFIED))
         total = sum(p.stat().st_size for p in files)
@@ -194,11 +197,16 @@ class S3Repo:
         report(f"backup: {self.location(name)} complete ({total} bytes)")
         return self.location(name)
 
-    def fetch(self, name: str, staging: Path, progress: Progress = _no_progress) -> dict:
-        """Download a backup into `staging`, manifest first (a backup without one is refused before any download)."""
+    def fetch(self, name: str, staging: Path, progress: Progress = _no_progress,
+              check: Callable[[dict, str], object] | None = None, report: Report = _quiet) -> dict:
+        """Download a backup into `staging`, manifest first: a backup without one, with a file missing, or that
+        `check(manifest, url)` refuses (restore: no identity for an encrypted backup) is refused before any download."""
         manifest, data = self._manifest_bytes(name)
         files = manifest.get("files") or {}
         self._present(name, files)
+        if check is not None:
+            check(manifest, self.location(name))
+        report(f"download: {self.location(name)} -> {staging}")
         staging.mkdir(parents=True, mode=0o700)
         (staging / MANIFEST).write_bytes(data)
         total = sum(int(m.get("bytes") or 0) for m in files.values())
@@ -350,11 +358,12 @@ def backup_to(settings: Settings, to: list[str] | None = None, report: Report = 
 
 
 @contextmanager
-def local_copy(settings: Settings, ref: str | Path, report: Report = _quiet,
-               progress: Progress = _no_progress) -> Iterator[Path]:
+def local_copy(settings: Settings, ref: str | Path, report: Report = _quiet, progress: Progress = _no_progress,
+               check: Callable[[dict, str], object] | None = None) -> Iterator[Path]:
     """The backup `ref` as a local folder: a local backup as it is; one in object storage downloaded (streamed to
-    disk, manifest first) into a staging folder under $CTX_HOME (backup.staging_folder), removed on the way out.
-    A verified.json written into the downloaded copy (by verify) is uploaded beside the backup's manifest."""
+    disk, manifest first; `check(manifest, url)` may refuse it before the download) into a staging folder under
+    $CTX_HOME (backup.staging_folder), removed on the way out. A verified.json written into the downloaded copy
+    (by verify) is uploaded beside the backup's manifest."""
     found = split_ref(settings, ref)
     if found is None:
         yield resolve_backup(settings, ref)
@@ -362,8 +371,7 @@ def local_copy(settings: Settings, ref: str | Path, report: Report = _quiet,
     repo, name = found
     with staging_folder(settings) as root:
         copy = root / name
-        report(f"download: {repo.location(name)} -> {copy}")
-        repo.fetch(name, copy, progress)
+        repo.fetch(name, copy, progress, check, report)
         try:
             yield copy
         finally:

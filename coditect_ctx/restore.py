@@ -129,7 +129,8 @@ def restore_backup(
     from . import snapshot
 
     start = time.monotonic()
-    with local_copy(settings, ref, report, progress) as folder:
+    # a backup in object storage that this identity cannot open is refused before it is downloaded
+    with local_copy(settings, ref, report, progress, lambda m, url: identities_for(settings, url, m)) as folder:
         manifest = load_manifest(folder)
         with Store(settings) as store, store.writer_lock("restore", wait=wait, report=report):
             snapshot.recover(store, report)  # a restore killed mid-swap left Chroma stopped: mend that first

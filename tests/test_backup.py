@@ -311,7 +311,8 @@ def test_backup_during_a_real_migrate_restores_consistent(fresh_stack, cli, tmp_
 
 
 # -- a killed backup, and no password on a command line ---------------------------------------------------
-def _pg_dump_cmdlines() -> list[str]:
+def _pg_dump_cmdlines(port: int) -> list[str]:
+    """pg_dump processes of the store on `port` (the machine may run other stores' backups meanwhile)."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -320,7 +321,7 @@ def _pg_dump_cmdlines() -> list[str]:
             args = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "pg_dump" in args:
+        if "pg_dump" in args and f" -p {port} " in f" {args} ":
             found.append(args)
     return found
 
@@ -336,9 +337,9 @@ def test_sigkill_mid_backup_leaves_nothing_complete_and_ps_shows_no_password(fre
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
             deadline = time.monotonic() + 60
-            while not _pg_dump_cmdlines() and time.monotonic() < deadline and proc.poll() is None:
+            while not _pg_dump_cmdlines(settings.pg_port) and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.05)
-            cmdlines = _pg_dump_cmdlines()
+            cmdlines = _pg_dump_cmdlines(settings.pg_port)
             assert cmdlines, f"pg_dump never showed up: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
             ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
             assert "pg_dump" in ps

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -177,6 +178,26 @@ def _one_error(proc: subprocess.CompletedProcess, code: int, *words: str) -> str
     return line
 
 
+@contextmanager
+def _library_repo(settings, server: Server, url: str):
+    """The repository as the library opens it, with the server's keys in this process's environment meanwhile
+    (what the CLI cannot do: prune as if a day had passed)."""
+    from coditect_ctx.config import load_settings
+    from coditect_ctx.repos import open_repo
+
+    env = server.env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield open_repo(load_settings(home=str(settings.home)), url)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _local(settings) -> list[str]:
     """What the local backups folder holds (a staging copy would show here)."""
     root = settings.backups_path
@@ -285,18 +306,11 @@ def test_killed_upload_is_never_listed_restored_or_counted(demo, moto):
 
     # a day later prune removes the unfinished backup and aborts a multipart upload a killed run left
     from coditect_ctx.backup import utc_now
-    from coditect_ctx.config import load_settings
-    from coditect_ctx.repos import open_repo
 
     s3c = moto.client()
     stale = s3c.create_multipart_upload(Bucket=BUCKET, Key=f"killed/{name}/postgres.dump")["UploadId"]
-    os.environ.update(env)
-    try:
-        repository = open_repo(load_settings(**{"home": str(settings.home)}), repo)
+    with _library_repo(settings, moto, repo) as repository:
         plan = repository.prune(7, 4, 6, now=utc_now() + timedelta(days=2))
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
     assert plan.partial_delete == [name] and plan.delete == []
     assert plan.aborted_uploads == [f"killed/{name}/postgres.dump"]
     assert not any(u["UploadId"] == stale for u in s3c.list_multipart_uploads(Bucket=BUCKET).get("Uploads") or [])
@@ -357,6 +371,14 @@ def test_prune_applies_the_retention_plan_in_object_storage(demo, moto, tmp_path
     plan = json.loads(done.stdout)
     assert plan["repo"] == repo and plan["deleted"] is True
     assert sorted({k.split("/")[1] for k in moto.keys("gfs/")}) == ["20261128T020000Z", "20261129T140000Z"]
+
+    # a second store writing to the same prefix never overwrites a backup of the first, file by file
+    from coditect_ctx.errors import ConfigError
+
+    folder = tmp_path / "20261128T020000Z"
+    with _library_repo(settings, moto, repo) as repository, pytest.raises(ConfigError, match="already exists"):
+        repository.put(folder, folder / "manifest.json", folder.name)
+    assert len(moto.keys("gfs/20261128T020000Z/")) == 2
 
 
 # -- wrong keys, a missing bucket, an unreachable endpoint -------------------------------------------------
@@ -419,8 +441,12 @@ def test_encrypted_backup_through_object_storage_needs_its_identity(demo, moto, 
     checked = _ctx(settings, env, "backup", "verify", f"{repo}/{name}", "--json")  # no key needed
     assert checked.returncode == 0, checked.stdout + checked.stderr
     before = _counts(settings)
+    refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes")  # refused before anything is downloaded
+    _one_error(refused, 2, f"{repo}/{name} is encrypted")
+    assert "download:" not in refused.stderr
     refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes", "--identity", str(keys["wrong"]))
-    _one_error(refused, 2)
+    _one_error(refused, 2, "opens none of the recipients")
+    assert "download:" not in refused.stderr
     assert _counts(settings) == before and _staged(settings) == []
     restored = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes", "--identity", str(keys["right"]), "--json")
     assert restored.returncode == 0, restored.stdout + restored.stderr

@@ -108,10 +108,13 @@ def error_code(exc: BaseException) -> str:
 
 def translate(exc: BaseException, settings: Settings, loc: Location | None) -> CtxError:
     """The CtxError a botocore or boto3 failure means to the operator, naming the repository; never a secret."""
+    import boto3.exceptions
     import botocore.exceptions as be
 
     if isinstance(exc, CtxError):
         return exc
+    if isinstance(exc, boto3.exceptions.S3UploadFailedError) and isinstance(exc.__context__, be.ClientError):
+        exc = exc.__context__  # upload_file wraps the service's answer (AccessDenied, NoSuchBucket ...) in its own
     name = where(settings, loc) if loc else "S3"
     creds_hint = ("Give the keys in ctx's environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE "
                   "with ~/.aws/credentials); for GCS, HMAC keys; for MinIO/GCS also CTX_S3_ENDPOINT_URL.")
@@ -138,7 +141,7 @@ def translate(exc: BaseException, settings: Settings, loc: Location | None) -> C
                                hint="Create the bucket first (ctx never creates one), or fix the URL or endpoint.")
         return ServiceError(f"{name}: object storage refused the request ({code or type(exc).__name__})",
                             service="s3", hint="Check the service's status and the bucket's settings; then try again.")
-    if isinstance(exc, (be.BotoCoreError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (be.BotoCoreError, boto3.exceptions.Boto3Error, ConnectionError, TimeoutError)):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return ServiceError(f"{name}: object storage failed: {first}", service="s3",
                             hint="Check the endpoint and the network; then run the command again.")
