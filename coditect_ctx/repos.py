@@ -27,10 +27,9 @@ from typing import Callable, Iterator
 
 from .backup import (
     _NAME, MANIFEST, PENDING_MANIFEST, VERIFIED, BackupInfo, BackupResult, PrunePlan, Progress, Report, _fsync_dir,
-    _no_progress, _quiet, create_backup, iso, list_backups, newest_in, parse_iso, parse_manifest, plan_prune,
+    _no_progress, _quiet, create_backup, list_backups, newest_in, parse_iso, parse_manifest, plan_prune,
     prune_backups, resolve_backup, staging_folder, utc_now,
 )
-from . import __version__
 from .config import Settings
 from .errors import ConfigError, CtxError, DataError, UsageError
 from .points import reach
@@ -240,9 +239,9 @@ class S3Repo:
             progress("checking objects", done, len(files))
         return manifest
 
-    def record_verified(self, name: str, ok: bool, detail: str) -> None:
-        body = {"ok": ok, "verified_at": iso(utc_now()), "ctx_version": __version__, "detail": detail}
-        self.bucket.put(self._key(name, VERIFIED), (json.dumps(body, indent=2) + "\n").encode())
+    def keep_verified(self, name: str, path: Path) -> None:
+        """A verified.json that verify wrote into a downloaded copy, stored beside the backup's manifest."""
+        self.bucket.upload(path, self._key(name, VERIFIED))
 
     def prune(self, keep_daily: int, keep_weekly: int, keep_monthly: int, dry_run: bool = False,
               now: datetime | None = None, report: Report = _quiet) -> PrunePlan:
@@ -376,7 +375,7 @@ def local_copy(settings: Settings, ref: str | Path, report: Report = _quiet, pro
             yield copy
         finally:
             if (copy / VERIFIED).is_file():
-                repo.bucket.put(repo._key(name, VERIFIED), (copy / VERIFIED).read_bytes())
+                repo.keep_verified(name, copy / VERIFIED)
 
 
 def check_remote(settings: Settings, ref: str, progress: Progress = _no_progress) -> dict:
