@@ -62,9 +62,14 @@ class LocalRepo:
             progress: Progress = _no_progress) -> str:
         """Copy a backup folder in as `.<name>.partial`, then publish it as backup.py does: rename, manifest last."""
         partial, final = self.path / f".{name}.partial", self.path / name
-        self.path.mkdir(parents=True, exist_ok=True)
         report(f"backup: copying to {final}")
-        shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(MANIFEST, PENDING_MANIFEST, VERIFIED))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(MANIFEST, PENDING_MANIFEST, VERIFIED))
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ConfigError(f"Cannot write backups to {self.path}: {exc.strerror or exc}",
+                              hint="Give a folder this user can write (and a disk with room) in --to or CTX_BACKUP_REPOS.") from exc
         try:
             shutil.copyfile(manifest_file, partial / PENDING_MANIFEST)
             for p in partial.rglob("*"):

@@ -506,3 +506,16 @@ def test_a_repository_lost_mid_run_fails_the_run_and_keeps_the_others(demo, tmp_
     assert "Traceback" not in err
     done = [b for b in bk.list_backups(local)]
     assert [b.complete for b in done] == [True] and done[0].name in line
+
+
+def test_a_repository_that_cannot_be_written_is_named_and_the_others_written(demo, moto, tmp_path):
+    settings = demo
+    good, blocked, repo = tmp_path / "good", tmp_path / "blocked", f"s3://{BUCKET}/partly"
+    blocked.write_text("a file where a folder should be")
+    proc = _ctx(settings, moto.env(), "backup", "--to", str(good), "--to", str(blocked / "backups"), "--to", repo)
+    line = " ".join(proc.stderr[proc.stderr.index("Error:"):proc.stderr.index("Hint:")].split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"Cannot write backups to {blocked / 'backups'}" in line and f"was written to {good}" in line, line
+    name = next(b.name for b in bk.list_backups(good) if b.complete)
+    assert f"{repo}/{name}" in line  # the repository after the failed one was still written
+    assert f"partly/{name}/manifest.json" in moto.keys(f"partly/{name}/")
