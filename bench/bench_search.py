@@ -525,7 +525,8 @@ def targets(measured: list[dict], table: dict | None) -> None:
         rows.append((f"hybrid p95 at {big['records']} / at {mid['records']}", f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5))
     if table:
         r, mrr = table["hybrid"]["recall@10"], table["hybrid"]["MRR"]
-        rows.append(("hybrid recall@10 / MRR (tuned set)", f"{r:.3f} / {mrr:.3f}", ">= 0.938 / 0.787", r >= 0.938 and mrr >= 0.787))
+        rows.append(("hybrid recall@10 / MRR (tuned set)", f"{r:.3f} / {mrr:.3f}", ">= 0.938 / 0.787",
+                     round(r, 3) >= 0.938 and round(mrr, 3) >= 0.787))  # the baseline as printed (60/64 = 0.9375)
     for name, value, goal, ok in rows:
         print(f"  {name:44} {value:>16}  {goal:>18}  {'met' if ok else 'NOT MET'}")
 
