@@ -22,9 +22,14 @@ from .conftest import SAMPLES, _short_tmp, make_settings, settings_env
 pytestmark = pytest.mark.slow
 
 
-def run_ctx(settings, *args: str) -> subprocess.CompletedProcess:
+# Credentials an operator gives a backup run by environment; the services that run starts must not inherit them.
+AWS_MARKER = "ctx-test-aws-secret-7f3c"
+
+
+def run_ctx(settings, *args: str, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTX_")}
     env.update(settings_env(settings))
+    env.update(extra)
     proc = subprocess.run([sys.executable, "-m", "coditect_ctx", *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"ctx {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
     return proc
@@ -38,7 +43,7 @@ def used_store(models_dir):
     home = _short_tmp("ctx-p-")
     settings = make_settings(home)
     (home / "models").symlink_to(models_dir, target_is_directory=True)
-    run_ctx(settings, "setup")
+    run_ctx(settings, "setup", AWS_SECRET_ACCESS_KEY=AWS_MARKER, AWS_SESSION_TOKEN=AWS_MARKER)
     run_ctx(settings, "migrate", str(SAMPLES / "coditect-demo"))
     run_ctx(settings, "search", "connection pool")
     run_ctx(settings, "backup")
@@ -204,3 +209,18 @@ def test_a_port_another_user_holds_while_the_store_is_down_is_sent_no_secret(use
         received = {port: p.communicate(timeout=30)[0] for port, p in squatters.items()}
     assert received == {port: "" for port in squatters}  # no connection at all, so no secret
     run_ctx(s, "setup")
+
+
+def test_services_do_not_inherit_the_credentials_of_the_run_that_started_them(used_store):
+    """`ctx setup` (or a backup that restarts Chroma for its snapshot) run with AWS keys in its environment: no
+    service keeps them, nor any ctx secret, in its environment (/proc/PID/environ lives as long as the service)."""
+    from coditect_ctx.runtime.procs import read_pid
+
+    run = used_store.home / "run"
+    pids = {name: read_pid(run / f"{name}.pid") for name in ("chroma", "redis")}
+    pids["postgres"] = int((used_store.home / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    assert all(pids.values()), pids
+    for name, pid in pids.items():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if AWS_MARKER.encode() in v], f"{name} holds the run's AWS credentials"
+        assert not [v for v in environ if v.startswith(b"CTX_") and b"PASSWORD" in v], f"{name} holds a ctx password"

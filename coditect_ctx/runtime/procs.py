@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-CHILD_ENV_DROP = "CTX_"  # ctx's own settings: passwords, tokens and URLs holding them
+# Never handed to a process ctx starts: ctx's own settings (passwords, tokens, URLs holding them, the backup
+# identity) and the object-storage credentials a backup run is given (a service restarted by `ctx backup` keeps its
+# environment for as long as it runs, readable in /proc/PID/environ).
+CHILD_ENV_DROP = ("CTX_", "AWS_")
 
 
 def child_env(allow: Iterable[str] = (), base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a process ctx starts (a service, a PostgreSQL tool): ours without any CTX_* variable
-    except those named in `allow` (a child that needs its own secret gets it explicitly), plus `extra`."""
+    """The environment of a process ctx starts (a service, a PostgreSQL tool): ours without any CTX_* or AWS_*
+    variable except those named in `allow` (a child that needs its own secret gets it explicitly), plus `extra`."""
     keep = set(allow)
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if not k.startswith(CHILD_ENV_DROP) or k in keep}
