@@ -127,7 +127,37 @@ def parse_manifest(data: bytes, path: str) -> dict:
                         hint="The backup is damaged; use another one.")
     if manifest.get("format") != FORMAT:
         raise DataError(f"{path}: unknown backup format {manifest.get('format')!r}", hint=f"This ctx reads {FORMAT}.")
+    _check_file_names(manifest, path)
     return manifest
+
+
+def _file_name_pattern() -> re.Pattern:
+    """The names a backup's files may have (relative to its folder): the dump, the snapshot and one export per
+    collection, each maybe with age's suffix. Nothing else is ever read, fetched or written."""
+    from .snapshot import SNAPSHOT_FILE
+
+    names = "|".join(re.escape(n) for n in (DUMP_FILE, SNAPSHOT_FILE))
+    return re.compile(rf"(?:{names}|{re.escape(CHROMA_DIR)}/[A-Za-z0-9_]{{1,64}}\.jsonl\.gz)(?:{re.escape(crypt.SUFFIX)})?")
+
+
+def _check_file_names(manifest: dict, path: str) -> None:
+    """A manifest names only files of ctx's own layout. Its checksum needs no secret, so whoever can write to a
+    repository can re-sign one: a name like `../../etc/cron.d/x` must never become a path that ctx fetches to,
+    decrypts to or reads from."""
+    pattern = _file_name_pattern()
+    files = manifest.get("files")
+    named = list(files) if isinstance(files, dict) else []
+    chroma = manifest.get("chroma") if isinstance(manifest.get("chroma"), dict) else {}
+    for entry in list((chroma.get("collections") or {}).values()) + [chroma.get("snapshot") or {}]:
+        if isinstance(entry, dict) and "file" in entry:
+            named.append(entry["file"])
+    if files is not None and not isinstance(files, dict):
+        named.append(files)
+    for name in named:
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            shown = name.encode("unicode_escape").decode("ascii") if isinstance(name, str) else repr(name)
+            raise DataError(f"{path}: names a file outside a ctx backup's layout ({shown[:120]!r})",
+                            hint="The backup was altered (nothing was fetched or replaced); use another one.")
 
 
 def file_sha256(path: Path) -> str:

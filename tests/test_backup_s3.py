@@ -4,6 +4,7 @@ s3rver (installed by .ci/run; skipped elsewhere when absent). Every user-visible
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -336,6 +337,34 @@ def test_tampered_object_is_refused_and_the_store_unchanged(demo, moto):
     _one_error(checked, 5, key.split("/", 1)[1], "checksum mismatch")
     refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes")
     _one_error(refused, 5, "checksum mismatch")
+    assert _counts(settings) == before
+    assert _staged(settings) == []
+
+
+def test_a_manifest_naming_a_path_outside_the_backup_is_refused_before_anything_is_fetched(demo, moto, tmp_path):
+    """Anyone who can write to the bucket can re-sign a manifest (its checksum needs no secret): a file named
+    `../../x` must never be downloaded, decrypted or read outside the staging folder."""
+    settings, env = demo, moto.env()
+    repo = f"s3://{BUCKET}/escape"
+    made = _ctx(settings, env, "backup", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    s3c = moto.client()
+    manifest = json.loads(s3c.get_object(Bucket=BUCKET, Key=f"escape/{name}/manifest.json")["Body"].read())
+    target = tmp_path / "written-by-a-bucket-writer"
+    payload = b"not from ctx"
+    rel = "../" * 12 + str(target).lstrip("/")
+    manifest = {k: v for k, v in manifest.items() if k != "checksum"}
+    manifest["files"][rel] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    manifest["checksum"] = bk.manifest_checksum(manifest)
+    s3c.put_object(Bucket=BUCKET, Key=f"escape/{name}/{rel}", Body=payload)
+    s3c.put_object(Bucket=BUCKET, Key=f"escape/{name}/manifest.json", Body=json.dumps(manifest).encode())
+    before = _counts(settings)
+
+    for args in (("backup", "verify", f"{repo}/{name}", "--restore"), ("restore", f"{repo}/{name}", "--yes")):
+        refused = _ctx(settings, env, *args)
+        _one_error(refused, 5, "outside a ctx backup's layout")
+        assert not target.exists(), f"ctx {args[0]} wrote {target}"
     assert _counts(settings) == before
     assert _staged(settings) == []
 
