@@ -13,7 +13,6 @@ embedding function that downloads a model at run time. The `chromadb` package on
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from typing import Any
@@ -64,7 +63,7 @@ class ChromaConnection:
         self.read_timeout = timeout if read_timeout is None else read_timeout
         self.tenant = tenant
         self.database = database
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: "http.client.HTTPConnection | None" = None
 
     @classmethod
     def for_settings(cls, settings, url: str, token: str | None = None, read_timeout: float | None = None):
@@ -75,7 +74,9 @@ class ChromaConnection:
                    tenant=settings.chroma_tenant, database=settings.chroma_database)
 
     # -- transport ---------------------------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> "http.client.HTTPConnection":
+        import http.client  # here, not at the top: a cached search never talks to Chroma (its import pulls in email.*)
+
         if self._conn is None:
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
             conn = cls(self.host, self.port, timeout=self.timeout)
@@ -95,6 +96,8 @@ class ChromaConnection:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One call: `path` below /api/v2. Raises ChromaHTTPError for an error status, ServiceError for no answer."""
+        import http.client
+
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

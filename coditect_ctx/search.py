@@ -1,8 +1,9 @@
 """`ctx search`: hybrid search over the store (PostgreSQL full text + trigram, Chroma vectors), cached in Redis.
 
 How one query runs (mode `hybrid`):
-1. One PostgreSQL round trip reads the data generation (and sets the trigram threshold). The cache keys carry it
-   and the model id, so a cached answer is never stale: a migrate or restore bumps the generation.
+1. One PostgreSQL round trip reads the data generation (pgwire.py's small client before any psycopg connection is
+   open, so a cache hit never imports psycopg). The cache keys carry it and the model id, so a cached answer is
+   never stale: a migrate or restore bumps the generation.
 2. Cache hit (the rendered page, or the result) -> done. No model, no Chroma, no Rich.
 3. Full text + trigram candidates in one SQL statement; the query vector (Redis-cached; onnxruntime only on a
    miss) -> Chroma candidates per type. Every filter is applied inside each engine (SQL WHERE, Chroma `where`)
@@ -393,7 +394,26 @@ class Searcher:
     def conn(self):
         if self._conn is None or self._conn.closed:
             self._conn = self.store.pg(autocommit=True)
+            self._conn.execute("SELECT set_config('pg_trgm.similarity_threshold', %s, false)", (str(TRIGRAM_THRESHOLD),))
         return self._conn
+
+    def _generation(self, use_cache: bool) -> int:
+        """The data generation the cache keys carry, read from PostgreSQL on every search (a migrate or restore bumps
+        it there, so a cached answer is never stale). Before this Searcher has a psycopg connection, and when the
+        answer may come from the cache, it is read by the small protocol client in pgwire.py: a cache hit then
+        never imports psycopg. Whatever that client cannot do (TLS, an error) goes through psycopg."""
+        if use_cache and self._conn is None and not self.settings.cache_disabled:
+            from . import pgwire
+
+            url = self.store.pg_url
+            if pgwire.speaks(url):
+                try:
+                    row = pgwire.query_one(url, "SELECT data_generation FROM db_metadata", self.settings.timeout + 2)
+                except (OSError, pgwire.PgWireError):
+                    row = None  # psycopg answers, or says what is wrong in ctx's words
+                if row is not None and row[0] is not None:
+                    return int(row[0])
+        return self.conn().execute("SELECT data_generation FROM db_metadata").fetchone()[0]
 
     def chroma(self, name: str):
         """The Chroma client that asks `name`'s collection. Its answers are bounded by CTX_TIMEOUT, not by
@@ -440,11 +460,7 @@ class Searcher:
     def search(self, query: SearchQuery, render: Renderer | None = None, use_cache: bool = True) -> SearchOutcome:
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        conn = self.conn()
-        generation = conn.execute(
-            "SELECT data_generation, set_config('pg_trgm.similarity_threshold', %s, false) FROM db_metadata",
-            (str(TRIGRAM_THRESHOLD),),
-        ).fetchone()[0]
+        generation = self._generation(use_cache)
         timings["generation"] = time.perf_counter() - started
         cache = self.cache if use_cache else Cache(None)
         from .embed import MODEL_ID

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -402,7 +403,24 @@ def test_search_never_imports_heavy_libraries_and_text_mode_skips_the_model(samp
     text = _imported(samples, "how were flaky tests fixed", "--mode", "text")
     assert not text & {*HEAVY, "onnxruntime", "tokenizers", "numpy"}
     repeat = _imported(samples, "how were flaky tests fixed", "--limit", "4")
-    assert not repeat & {*HEAVY, "onnxruntime", "tokenizers", "numpy", "rich", "redis", "pydantic", "typer", "click"}
+    assert not repeat & {*HEAVY, "onnxruntime", "tokenizers", "numpy", "rich", "redis", "pydantic", "typer", "click",
+                          "psycopg"}  # a cache hit reads the data generation through pgwire.py
+
+
+def test_the_small_postgres_client_reads_what_psycopg_reads_and_refuses_what_it_cannot_speak(samples):
+    from coditect_ctx import pgwire
+    from coditect_ctx.stores import Store
+
+    with Store(samples) as store, store.pg(autocommit=True) as conn:
+        url = store.pg_url
+        assert pgwire.speaks(url)
+        sql = "SELECT data_generation, NULL, 'é' FROM db_metadata"
+        assert pgwire.query_one(url, sql, 5) == [str(v) if v is not None else None for v in conn.execute(sql).fetchone()]
+    with pytest.raises(pgwire.PgWireError, match="division by zero"):
+        pgwire.query_one(url, "SELECT 1/0", 5)
+    with pytest.raises(pgwire.PgWireError, match="password authentication failed"):
+        pgwire.query_one(url.replace(f":{quote(samples.pg_password, safe='')}@", ":wrong@"), "SELECT 1", 5)
+    assert not pgwire.speaks(url + "?sslmode=verify-full") and not pgwire.speaks("postgresql://u@/db?host=/run")
 
 
 def test_plain_command_lines_skip_typer_and_answer_the_same(samples, cli):

@@ -129,8 +129,9 @@ class LocalRuntime(Runtime):
         ports = [("postgres", s.pg_port, "CTX_PG_PORT", pg_users), ("chroma", s.chroma_port, "CTX_CHROMA_PORT", mine)]
         if with_redis:
             ports.append(("redis", s.redis_port, "CTX_REDIS_PORT", mine))
+        listening = procs.listener_uids([port for _, port, _, _ in ports]) or {}
         for service, port, setting, allowed in ports:
-            strangers = (procs.listener_uids(port) or set()) - allowed
+            strangers = listening.get(port, set()) - allowed
             if strangers:
                 who = ", ".join(_user_name(uid) for uid in sorted(strangers))
                 raise ServiceError(

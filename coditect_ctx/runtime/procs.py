@@ -35,13 +35,17 @@ def child_env(allow: Iterable[str] = (), base: Mapping[str, str] | None = None, 
     return env
 
 
-def listener_uids(port: int) -> set[int] | None:
-    """The users owning the TCP sockets that listen on `port` of 127.0.0.1 or any address (Linux /proc/net/tcp,
-    tcp6: readable by anyone for every socket); an empty set when nothing listens, None where /proc has no table.
-    Another user may bind a store's port while its service is down: secrets must not be sent to that listener."""
-    wanted = {f"0100007F:{port:04X}", f"00000000:{port:04X}", f"{'0' * 32}:{port:04X}",
-              f"{'0' * 16}FFFF000001000000:{port:04X}", f"{'0' * 24}01000000:{port:04X}"}
-    uids: set[int] = set()
+def listener_uids(ports: list[int]) -> dict[int, set[int]] | None:
+    """The users owning the TCP sockets that listen on each of `ports` of 127.0.0.1 or any address (Linux
+    /proc/net/tcp, tcp6: readable by anyone for every socket, and read once for all the ports: the kernel builds
+    the table on each read, milliseconds on a busy machine); an empty set for a port nothing listens on, None where
+    /proc has no table. Another user may bind a store's port while its service is down: secrets must not be sent
+    to that listener."""
+    wanted = {}
+    for port in ports:
+        for address in ("0100007F", "00000000", "0" * 32, f"{'0' * 16}FFFF000001000000", f"{'0' * 24}01000000"):
+            wanted[f"{address}:{port:04X}"] = port
+    uids: dict[int, set[int]] = {port: set() for port in ports}
     seen = False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -52,8 +56,10 @@ def listener_uids(port: int) -> set[int] | None:
         seen = True
         for line in lines:
             cols = line.split()
-            if len(cols) > 7 and cols[3] == "0A" and cols[1].upper() in wanted:  # 0A: LISTEN
-                uids.add(int(cols[7]))
+            if len(cols) > 7 and cols[3] == "0A":  # 0A: LISTEN
+                port = wanted.get(cols[1].upper())
+                if port is not None:
+                    uids[port].add(int(cols[7]))
     return uids if seen else None
 
 
