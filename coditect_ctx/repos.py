@@ -31,7 +31,7 @@ from .backup import (
     prune_backups, resolve_backup, staging_folder, utc_now,
 )
 from .config import Settings
-from .errors import ConfigError, CtxError, DataError, UsageError
+from .errors import ConfigError, CtxError, DataError, ServiceError, UsageError
 from .points import reach
 from .stores import s3
 
@@ -328,19 +328,28 @@ def backup_to(settings: Settings, to: list[str] | None = None, report: Report = 
               progress: Progress = _no_progress, portable: bool = False) -> RepoBackupResult:
     """Take one backup and write it to every repository (`to`, else the configured ones) in this run.
 
-    Object storage is checked first (bucket, keys), so a wrong setting fails before the dump. The backup is made
-    in the first local repository, or staged in the local backups folder as `.<name>.partial` when none is asked
-    for (removed after the uploads). A repository that fails does not stop the others; the run then fails with its
-    error, naming what was written."""
+    Object storage is checked first (bucket, keys), so a wrong setting (exit 2) fails before the dump. One that
+    cannot be reached (exit 3) is left out when another repository can take the backup: the backup is still made
+    and written there, and the run fails with that error afterwards. The backup is made in the first local
+    repository, or staged in the local backups folder as `.<name>.partial` when none is asked for (removed after
+    the uploads). A repository that fails does not stop the others; the run then fails with its error, naming
+    what was written."""
     targets = repos(settings, to)
-    for repo in targets:
-        repo.check()
+    errors: list[CtxError] = []
+    for repo in list(targets):
+        try:
+            repo.check()
+        except ServiceError as exc:
+            report(f"backup: not written to {repo.url}: {exc.message}")
+            errors.append(exc)
+            targets.remove(repo)
+    if not targets:
+        raise errors[0]
     local = next((r for r in targets if r.kind == "local"), None)
     made = create_backup(settings, dest=local.path if local else settings.backups_path, report=report,
                          progress=progress, publish=local is not None, portable=portable)
     manifest_file = made.path / (MANIFEST if local else PENDING_MANIFEST)
     locations: list[str] = []
-    errors: list[CtxError] = []
     try:
         for repo in targets:
             if repo is local:

@@ -548,3 +548,23 @@ def test_a_repository_that_cannot_be_written_is_named_and_the_others_written(dem
     name = next(b.name for b in bk.list_backups(good) if b.complete)
     assert f"{repo}/{name}" in line  # the repository after the failed one was still written
     assert f"partly/{name}/manifest.json" in moto.keys(f"partly/{name}/")
+
+
+def test_an_unreachable_repository_does_not_stop_the_local_backup_nor_hide_it(demo, moto, tmp_path):
+    """Object storage down at backup time: the local repository still gets the backup (exit 3 naming the
+    repository that failed and where the backup went); `backup list` shows the local backups and names the other."""
+    settings = demo
+    local, repo = tmp_path / "here", f"s3://{BUCKET}/away"
+    env = moto.env(CTX_BACKUP_REPOS=f"{local},{repo}", CTX_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    proc = _ctx(settings, env, "backup", "--portable")
+    _one_error(proc, 3, repo, "unreachable")
+    line = " ".join(proc.stderr[proc.stderr.index("Error:"):proc.stderr.index("Hint:")].split())
+    assert f"was written to {local}" in line, line
+    name = next(b.name for b in bk.list_backups(local) if b.complete)
+    assert name in line and _staged(settings) == []
+    listed = _ctx(settings, env, "backup", "list", "--json")
+    _one_error(listed, 3, repo, "unreachable")
+    assert [(b["repo"], b["name"]) for b in json.loads(listed.stdout)] == [(str(local), name)]
+    # object storage alone and down: refused before the dump, as before
+    only = _ctx(settings, env, "backup", "--to", repo)
+    _one_error(only, 3, repo, "unreachable")

@@ -153,12 +153,21 @@ def list_(ctx: typer.Context, repo: RepoOpt = None, dest: DestOpt = None, json_o
     """Backups of every repository (or --repo), newest first, with size, age and verified state."""
 
     def body() -> int:
+        from ..errors import CtxError
+
         _conf, chosen = _repos(ctx, dest, repo)
-        data = [{"repo": r.url, **b.as_dict()} for r in chosen for b in r.backups()]
+        data, read, failed = [], [], []
+        for r in chosen:  # a repository that cannot be read is reported after the others are listed
+            try:
+                data += [{"repo": r.url, **b.as_dict()} for b in r.backups()]
+                read.append(r)
+            except CtxError as exc:
+                failed.append(exc)
+        if not read:
+            raise failed[0]
         if json_out:
             output.emit_json(data)
-            return 0
-        for r in chosen:
+        for r in [] if json_out else read:
             rows = [
                 [d["name"], ("complete" + (", encrypted" if d["encrypted"] else "")) if d["complete"] else d["problem"] or "incomplete",
                  output.human_bytes(d["size_bytes"]),
@@ -168,7 +177,9 @@ def list_(ctx: typer.Context, repo: RepoOpt = None, dest: DestOpt = None, json_o
             ]
             title = "ctx backups" if len(chosen) == 1 and r.kind == "local" else f"ctx backups in {r.url}"
             output.console().print(output.table(title, ["name", "state", "size", "age", "verified"], rows))
-        return 0
+        for exc in failed:
+            output.fail(exc)  # on stderr, also with --json (stdout keeps the list of what could be read)
+        return max((exc.exit_code for exc in failed), default=0)
 
     output.run(body, json_out)
 
