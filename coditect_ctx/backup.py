@@ -361,10 +361,11 @@ class BackupResult:
         }
 
 
-def _new_name(root: Path, now: datetime) -> str:
+def _new_name(root: Path, now: datetime, taken: Callable[[str], bool] | None = None) -> str:
+    """The UTC time as a name, `-2`, `-3` ... added while it is taken here (or, `taken`, in another repository)."""
     base = now.strftime(NAME_FORMAT)
     name, n = base, 1
-    while (root / name).exists() or (root / f".{name}.partial").exists():
+    while (root / name).exists() or (root / f".{name}.partial").exists() or (taken is not None and taken(name)):
         n += 1
         name = f"{base}-{n}"
     return name
@@ -372,7 +373,7 @@ def _new_name(root: Path, now: datetime) -> str:
 
 def create_backup(
     settings: Settings, dest: Path | None = None, report: Report = _quiet, progress: Progress = _no_progress,
-    publish: bool = True, portable: bool = False,
+    publish: bool = True, portable: bool = False, taken: Callable[[str], bool] | None = None,
 ) -> BackupResult:
     """Dump PostgreSQL, snapshot Chroma's folder (snapshot.py; not with `portable`), export the matching Chroma
     vectors, write the manifest, then publish by rename.
@@ -388,7 +389,7 @@ def create_backup(
     started = utc_now()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        name = _new_name(root, started)
+        name = _new_name(root, started, taken)
         partial = root / f".{name}.partial"
         partial.mkdir(mode=0o700)
         (partial / CHROMA_DIR).mkdir()

@@ -51,6 +51,9 @@ class LocalRepo:
     def location(self, name: str) -> str:
         return str(self.path / name)
 
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists() or (self.path / f".{name}.partial").exists()
+
     def backups(self) -> list[BackupInfo]:
         return list_backups(self.path)
 
@@ -103,6 +106,10 @@ class S3Repo:
 
     def location(self, name: str) -> str:
         return f"{self.url}/{name}"
+
+    def exists(self, name: str) -> bool:
+        """Anything stored under the name (a complete backup, or one being written by another run)."""
+        return bool(self._objects(name))
 
     def _key(self, name: str, rel: str) -> str:
         return self.loc.key(name, rel)
@@ -180,7 +187,7 @@ class S3Repo:
     def put(self, folder: Path, manifest_file: Path, name: str, report: Report = _quiet,
             progress: Progress = _no_progress) -> str:
         """Stream every file of the folder up (multipart above PART_BYTES), then the manifest: only then is it a backup."""
-        if self._objects(name):
+        if self.exists(name):  # taken since the name was chosen (backup_to picks one free in every repository)
             raise ConfigError(f"{self.location(name)} already exists: another store writes backups to this prefix",
                               hint="Give each store its own prefix (s3://BUCKET/PREFIX), e.g. named after the host.")
         files = sorted(p for p in folder.rglob("*")
@@ -346,8 +353,10 @@ def backup_to(settings: Settings, to: list[str] | None = None, report: Report = 
     if not targets:
         raise errors[0]
     local = next((r for r in targets if r.kind == "local"), None)
+    others = [r for r in targets if r is not local]
     made = create_backup(settings, dest=local.path if local else settings.backups_path, report=report,
-                         progress=progress, publish=local is not None, portable=portable)
+                         progress=progress, publish=local is not None, portable=portable,
+                         taken=lambda name: any(r.exists(name) for r in others))
     manifest_file = made.path / (MANIFEST if local else PENDING_MANIFEST)
     locations: list[str] = []
     try:

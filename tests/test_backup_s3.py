@@ -568,3 +568,23 @@ def test_an_unreachable_repository_does_not_stop_the_local_backup_nor_hide_it(de
     # object storage alone and down: refused before the dump, as before
     only = _ctx(settings, env, "backup", "--to", repo)
     _one_error(only, 3, repo, "unreachable")
+
+
+def test_a_name_taken_in_object_storage_is_never_overwritten(demo, moto):
+    """Another host (or a run in the same second) already has a backup under this second's name in the prefix:
+    the new backup takes the next free name, the older one is left as it was."""
+    from datetime import datetime, timezone
+
+    settings = demo
+    repo, s3c = f"s3://{BUCKET}/taken", moto.client()
+    now = datetime.now(timezone.utc)
+    precious = b'{"precious": "an earlier backup from host B"}'
+    names = [(now + timedelta(seconds=i)).strftime(bk.NAME_FORMAT) for i in range(-2, 120)]
+    for name in names:
+        s3c.put_object(Bucket=BUCKET, Key=f"taken/{name}/manifest.json", Body=precious)
+    made = _ctx(settings, moto.env(), "backup", "--portable", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    assert name.rpartition("-")[0] in names and name.endswith("-2"), name
+    assert all(s3c.get_object(Bucket=BUCKET, Key=f"taken/{n}/manifest.json")["Body"].read() == precious for n in names)
+    assert f"taken/{name}/manifest.json" in moto.keys(f"taken/{name}/")
