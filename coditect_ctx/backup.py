@@ -206,7 +206,8 @@ def identities_for(settings: Settings, folder: Path | str, manifest: dict, warn:
                          hint=f"Give it with --identity FILE (or {crypt.IDENTITY_SETTING}); `ctx backup verify` "
                               "without one checks the encrypted files' checksums.")
     identities = crypt.load_identities(settings.backup_identity, warn)
-    if not set(crypt.public_keys(identities)) & set(recipients):
+    # Bech32 keys compare case-insensitively (a backup made before recipients were normalised may hold AGE1...)
+    if not {k.lower() for k in crypt.public_keys(identities)} & {r.lower() for r in recipients}:
         raise UsageError(f"The identity file {Path(settings.backup_identity).expanduser()} opens none of the "
                          f"recipients {Path(str(folder)).name} was encrypted to ({shown})",
                          hint="Use the identity of one of those public keys (`age-keygen -y key.txt` prints a key's "

@@ -83,7 +83,7 @@ def parse_recipients(text: str, setting: str = RECIPIENTS_SETTING) -> list[str]:
     found: list[str] = []
     for key, where in keys:
         try:
-            x25519.Recipient.from_str(key)
+            key = str(x25519.Recipient.from_str(key))  # canonical: Bech32 is valid in upper case too
         except (RecipientError, ValueError) as exc:
             extra = "" if key.lower().startswith("age1") else " (nor a recipients file)"
             raise ConfigError(f"{where}: {_shown(key)!r} is not an age public key{extra}: {exc}",

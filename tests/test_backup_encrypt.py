@@ -237,6 +237,21 @@ def test_bad_recipients_and_identities_are_clear_errors(stack, tmp_path):
     assert not (Path(json.loads(made.stdout)["path"]) / "verified.json").exists()  # a wrong key fails no backup
 
 
+def test_an_upper_case_recipient_is_the_same_key(stack, tmp_path):
+    """age1... keys are Bech32, valid in upper case too: a backup encrypted to one opens with its identity, and
+    the key given in both cases is one recipient."""
+    settings = stack
+    key, public = _key(tmp_path)
+    dest = ("--dest", str(tmp_path / "b"))
+    made = _ctx(settings, "backup", "--portable", *dest, "--json", CTX_BACKUP_RECIPIENTS=f"{public.upper()} {public}")
+    assert made.returncode == 0, made.stderr
+    manifest = json.loads((Path(json.loads(made.stdout)["path"]) / "manifest.json").read_text())
+    assert manifest["encryption"]["recipients"] == [public]
+    name = json.loads(made.stdout)["name"]
+    result = run_ctx(settings, "backup", "verify", name, *dest, "--identity", str(key))
+    assert result.returncode == 0, result.stderr
+
+
 def _age_keygen(folder: Path) -> tuple[Path, str]:
     path = folder / "age-key.txt"
     subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
