@@ -570,6 +570,19 @@ def test_an_unreachable_repository_does_not_stop_the_local_backup_nor_hide_it(de
     _one_error(only, 3, repo, "unreachable")
 
 
+def test_keys_typed_into_a_repository_url_are_never_echoed(demo, moto):
+    settings = demo
+    for args in (("backup", "--to", f"s3://AKIAINURL:TopSecretInUrl@{BUCKET}/p"),
+                 ("restore", f"s3://AKIAINURL:TopSecretInUrl@{BUCKET}/p/20261201T203556Z", "--yes"),
+                 ("backup", "list", "--repo", f"s3://TopSecretInUrl@{BUCKET}/p")):
+        proc = _ctx(settings, moto.env(), *args)
+        _one_error(proc, 2, f"s3://***@{BUCKET}/p")
+        proc = _ctx(settings, moto.env(), *args, "--json")
+        assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "UsageError", proc.stdout
+        for out in (proc.stdout + proc.stderr, _ctx(settings, moto.env(), *args).stderr):
+            assert "TopSecretInUrl" not in out and "AKIAINURL" not in out, out
+
+
 def test_a_name_taken_in_object_storage_is_never_overwritten(demo, moto):
     """Another host (or a run in the same second) already has a backup under this second's name in the prefix:
     the new backup takes the next free name, the older one is left as it was."""

@@ -54,9 +54,20 @@ def parse_url(text: str) -> Location:
     """`s3://bucket/some/prefix` -> Location; UsageError for anything else."""
     parts = urlsplit(text.strip())
     if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment or "@" in parts.netloc:
-        raise UsageError(f"Not a repository URL: {text!r}",
+        raise UsageError(f"Not a repository URL: {shown(text)!r}",
                          hint="Write s3://BUCKET/PREFIX (credentials come from the AWS environment, never the URL).")
     return Location(parts.netloc, parts.path.strip("/"))
+
+
+def shown(text: str) -> str:
+    """A repository URL fit to print: whatever precedes an `@` in its host part (keys typed into it) as ***."""
+    head, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{head}{sep}{netloc}{slash}{path}"
 
 
 def endpoint_of(settings: Settings) -> str | None:
