@@ -336,27 +336,29 @@ class VerifyResult:
 
 def verify_backup(
     settings: Settings, ref: str | Path, report: Report = _quiet, progress: Progress = _no_progress,
-    warn: Report = _quiet,
+    warn: Report = _quiet, test_restore: bool = False,
 ) -> VerifyResult:
     """Restore into CREATE DATABASE ctx_verify_<random> and collections verify_<random>_*, compare with the
     manifest, always drop the scratch copies, and record the outcome in verified.json. Raises when it fails.
 
     An encrypted backup with no identity given gets its encrypted files' checksums checked, no test restore
     (and no verified.json unless it fails: `backup list`'s "verified" means test-restored). A backup in object
-    storage is downloaded to a staging folder first; its verified.json goes back beside it."""
+    storage is downloaded to a staging folder first; its verified.json goes back beside it. `test_restore`
+    (`--restore`): an encrypted backup without the identity is refused (exit 2, before any download) instead."""
     start = time.monotonic()
-    with local_copy(settings, ref, report, progress) as folder:
-        result = _verify_folder(settings, folder, report, progress, warn, start)
+    check = (lambda m, url: identities_for(settings, url, m)) if test_restore else None
+    with local_copy(settings, ref, report, progress, check) as folder:
+        result = _verify_folder(settings, folder, report, progress, warn, start, test_restore)
     return replace(result, backup=str(ref)) if is_s3_url(ref) else result
 
 
 def _verify_folder(settings: Settings, folder: Path, report: Report, progress: Progress, warn: Report,
-                   start: float) -> VerifyResult:
+                   start: float, test_restore: bool = False) -> VerifyResult:
     token = secrets.token_hex(4)
     scratch_db, prefix = f"ctx_verify_{token}", f"verify_{token}_"
     try:
         manifest = load_manifest(folder)
-        if encryption_of(manifest) and not settings.backup_identity:
+        if encryption_of(manifest) and not settings.backup_identity and not test_restore:
             check_files(folder, manifest, progress)
             detail = (f"encrypted backup: the {len(manifest['files'])} encrypted files match their checksums; not "
                       "test-restored (that needs the identity: --identity FILE)")

@@ -469,6 +469,9 @@ def test_encrypted_backup_through_object_storage_needs_its_identity(demo, moto, 
 
     checked = _ctx(settings, env, "backup", "verify", f"{repo}/{name}", "--json")  # no key needed
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    drill = _ctx(settings, env, "backup", "verify", f"{repo}/{name}", "--restore")  # asked to test-restore: no key
+    _one_error(drill, 2, f"{repo}/{name} is encrypted")
+    assert "download:" not in drill.stderr
     before = _counts(settings)
     refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes")  # refused before anything is downloaded
     _one_error(refused, 2, f"{repo}/{name} is encrypted")

@@ -119,7 +119,8 @@ def verify(
     ctx: typer.Context,
     backup: BackupArg,
     restore_: Annotated[bool, typer.Option("--restore", help="For s3://...: also download it and test-restore it "
-                                           "(a local backup is always test-restored).")] = False,
+                                           "(a local backup is always test-restored); an encrypted backup without --identity is then refused "
+                                           "(exit 2), not only checksummed.")] = False,
     identity: IdentityOpt = None,
     dest: DestOpt = None,
     json_out: JsonOpt = False,
@@ -138,7 +139,7 @@ def verify(
                 result = check_remote(_settings(ctx, dest), backup, progress=progress)
             else:
                 result = verify_backup(_settings(ctx, dest, identity), backup, report=_note(json_out),
-                                       progress=progress, warn=output.note).as_dict()
+                                       progress=progress, warn=output.note, test_restore=restore_).as_dict()
         if json_out:
             output.emit_json(result)
         else:
