@@ -407,8 +407,13 @@ class Searcher:
 
             url = self.store.pg_url
             if pgwire.speaks(url):
+                wait = self.settings.timeout + 2
                 try:
-                    row = pgwire.query_one(url, "SELECT data_generation FROM db_metadata", self.settings.timeout + 2)
+                    row = pgwire.query_one(url, "SELECT data_generation FROM db_metadata", wait)
+                except TimeoutError as exc:  # hung: psycopg would wait as long again before saying so
+                    raise ServiceError(f"postgres: no answer within {wait:g} s", service="postgres",
+                                       hint="Is it running? `ctx status` shows the services; `ctx setup` starts "
+                                            "them.") from exc
                 except (OSError, pgwire.PgWireError):
                     row = None  # psycopg answers, or says what is wrong in ctx's words
                 if row is not None and row[0] is not None:

@@ -324,6 +324,25 @@ def test_postgres_killed_while_migrate_embeds_is_a_service_error(fresh_stack, tm
     _one_error(proc, 3, "PostgreSQL", "ctx setup")
 
 
+def test_search_with_postgres_hung_is_one_error_naming_it(migrated):
+    """A stopped (hung) PostgreSQL accepts connections and never answers: a search, cached or not, says so in one
+    line (the data generation is read first, through pgwire.py, which gives up after CTX_TIMEOUT + 2 s)."""
+    from coditect_ctx.runtime.local import LocalRuntime
+
+    env = {**settings_env(migrated), "CTX_TIMEOUT": "1"}
+    assert _ctx("search", "retry policy", env=env, timeout=120).returncode == 0  # cached from now on
+    postmaster = int((LocalRuntime(migrated).pg_data / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        cached = _ctx("search", "retry policy", env=env, timeout=120)
+        fresh = _ctx("search", "a question never asked before", "--mode", "text", env=env, timeout=120)
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    for proc in (cached, fresh):
+        _one_error(proc, 3, "postgres", "ctx status")
+    assert _ctx("search", "retry policy", env=env, timeout=120).returncode == 0
+
+
 # -- Chroma hung or dead: search answers from PostgreSQL, validate has no verdict ---------------------------
 def _with_chroma_unavailable(settings, how: str):
     from coditect_ctx.runtime import procs
