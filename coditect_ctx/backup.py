@@ -748,6 +748,23 @@ def plan_prune(
     return plan
 
 
+def _stale_partials(infos: list[BackupInfo], now: datetime) -> list[str]:
+    """Unfinished folders last written over a day ago: a killed run's. Damaged backups (bad manifest) are left
+    for the operator to look at."""
+    day_ago = (now - timedelta(days=1)).timestamp()
+    return [b.name for b in infos if b.unfinished and b.path.stat().st_mtime < day_ago]
+
+
+def remove_stale_partials(root: Path, report: Report = _quiet, now: datetime | None = None) -> None:
+    """prune's rule for unfinished folders, applied by every backup to the folder it stages in: a killed
+    S3-only backup leaves a full dump there as `.<name>.partial`, and no prune of that folder may ever run."""
+    if not root.is_dir():
+        return
+    for name in _stale_partials(list_backups(root), now or utc_now()):
+        report(f"backup: removing {root / name} (left by a backup that was killed)")
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
 def prune_backups(
     root: Path, keep_daily: int, keep_weekly: int, keep_monthly: int, dry_run: bool = False,
     now: datetime | None = None, report: Report = _quiet,
@@ -758,9 +775,7 @@ def prune_backups(
     now = now or utc_now()
     infos = list_backups(root)
     plan = plan_prune([(b.name, b.ended_at) for b in infos if b.complete], keep_daily, keep_weekly, keep_monthly)
-    day_ago = (now - timedelta(days=1)).timestamp()
-    # damaged backups (bad manifest) are left for the operator to look at; unfinished ones go after a day
-    plan.partial_delete = [b.name for b in infos if b.unfinished and b.path.stat().st_mtime < day_ago]
+    plan.partial_delete = _stale_partials(infos, now)
     if not dry_run:
         for name in plan.delete + plan.partial_delete:
             report(f"prune: removing {root / name}")

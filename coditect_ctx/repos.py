@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from .backup import (
     _NAME, MANIFEST, PENDING_MANIFEST, VERIFIED, BackupInfo, BackupResult, PrunePlan, Progress, Report, _fsync_dir,
     _no_progress, _quiet, create_backup, list_backups, newest_in, parse_iso, parse_manifest, plan_prune,
-    prune_backups, resolve_backup, staging_folder, utc_now,
+    prune_backups, remove_stale_partials, resolve_backup, staging_folder, utc_now,
 )
 from .config import Settings
 from .errors import ConfigError, CtxError, DataError, ServiceError, UsageError
@@ -353,6 +353,7 @@ def backup_to(settings: Settings, to: list[str] | None = None, report: Report = 
     if not targets:
         raise errors[0]
     local = next((r for r in targets if r.kind == "local"), None)
+    remove_stale_partials(settings.backups_path, report)  # where a backup without a local repository stages
     others = [r for r in targets if r is not local]
     made = create_backup(settings, dest=local.path if local else settings.backups_path, report=report,
                          progress=progress, publish=local is not None, portable=portable,

@@ -604,3 +604,23 @@ def test_a_name_taken_in_object_storage_is_never_overwritten(demo, moto):
     assert name.rpartition("-")[0] in names and name.endswith("-2"), name
     assert all(s3c.get_object(Bucket=BUCKET, Key=f"taken/{n}/manifest.json")["Body"].read() == precious for n in names)
     assert f"taken/{name}/manifest.json" in moto.keys(f"taken/{name}/")
+
+
+def test_a_killed_backups_staging_copy_is_removed_by_the_next_backup(demo, moto):
+    """An S3-only backup killed mid-upload leaves its staging `.NAME.partial` (a full dump) in the backups folder;
+    the next backup removes it once over a day old, whatever repositories it writes to; a recent one stays."""
+    settings = demo
+    root = settings.backups_path
+    stale, fresh = root / ".20261101T020000Z.partial", root / ".20261101T030000Z.partial"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "postgres.dump").write_bytes(b"PGDMP a full dump in clear")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+    try:
+        made = _ctx(settings, moto.env(), "backup", "--portable", "--to", f"s3://{BUCKET}/sweep")
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert not stale.exists() and fresh.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
