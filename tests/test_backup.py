@@ -467,7 +467,8 @@ def test_prune_command_on_synthetic_backups(cli, tmp_path):
 
     result = cli(settings, *args, "--dry-run", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
-    plan = json.loads(result.stdout)
+    [plan] = json.loads(result.stdout)  # a list, one plan per repository, however many
+    assert plan["repo"] == str(root)
     assert set(plan["delete"]) == {p.name for p in made[2:]}
     assert sorted(plan["partial_delete"]) == sorted([junk.name, unfinished.name])
     assert all(p.exists() for p in made) and junk.exists()

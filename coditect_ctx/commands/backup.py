@@ -216,7 +216,7 @@ def prune(
             plans = [r.prune(*keep, report=_note(json_out)) for r in chosen]
         if json_out:
             data = [{"repo": r.url, **p.as_dict()} for r, p in zip(chosen, plans)]
-            output.emit_json(data[0] if len(data) == 1 else data)
+            output.emit_json(data)  # always a list, one plan per repository: one more repository changes no shape
         else:
             verb = "would remove" if dry_run else "removed"
             for r, plan in zip(chosen, plans):
