@@ -164,6 +164,8 @@ class S3Repo:
                     info.encrypted = bool(manifest.get("encryption"))
                 except (DataError, UsageError) as exc:  # listed, flagged, never trusted
                     info.problem = exc.message
+                except (KeyError, ValueError, TypeError):  # a checksummed manifest that is not ctx's
+                    info.problem = "bad manifest: no valid ended_at"
             if VERIFIED in objs:
                 try:
                     state = json.loads(self.bucket.read(self._key(name, VERIFIED)) or b"{}")

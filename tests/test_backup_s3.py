@@ -624,3 +624,14 @@ def test_a_killed_backups_staging_copy_is_removed_by_the_next_backup(demo, moto)
     finally:
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(fresh, ignore_errors=True)
+
+
+def test_a_manifest_without_its_end_time_is_listed_with_a_problem(demo, moto):
+    settings = demo
+    manifest = {"format": bk.FORMAT, "files": {}}
+    manifest["checksum"] = bk.manifest_checksum(manifest)
+    moto.client().put_object(Bucket=BUCKET, Key="odd/20261201T000002Z/manifest.json", Body=json.dumps(manifest).encode())
+    listed = _ctx(settings, moto.env(), "backup", "list", "--repo", f"s3://{BUCKET}/odd", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["name"] == "20261201T000002Z" and not entry["complete"] and "ended_at" in entry["problem"], entry
