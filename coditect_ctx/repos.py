@@ -294,6 +294,9 @@ def configured(settings: Settings) -> list[str]:
 
 
 def open_repo(settings: Settings, url: str, quick: bool = False) -> Repo:
+    if not str(url).strip():  # Path('') is the current folder: `--to "$DIR"` with DIR unset would write there
+        raise UsageError("An empty repository was given (--to '' or --repo '')",
+                         hint="Give a folder or s3://BUCKET/PREFIX (is a shell variable in the command unset?).")
     if s3.is_s3_url(url):
         return S3Repo(settings, s3.parse_url(url), quick=quick)
     return LocalRepo(Path(url))

@@ -635,3 +635,11 @@ def test_a_manifest_without_its_end_time_is_listed_with_a_problem(demo, moto):
     assert listed.returncode == 0, listed.stdout + listed.stderr
     [entry] = json.loads(listed.stdout)
     assert entry["name"] == "20261201T000002Z" and not entry["complete"] and "ended_at" in entry["problem"], entry
+
+
+def test_an_empty_repository_is_a_usage_error(demo, moto, tmp_path):
+    """`--to "$DIR"` with DIR unset: exit 2, nothing written into the current folder."""
+    settings = demo
+    for args in (("backup", "--portable", "--to", ""), ("backup", "list", "--repo", " ")):
+        _one_error(_ctx(settings, moto.env(), *args, cwd=tmp_path), 2, "empty repository")
+    assert list(tmp_path.iterdir()) == []
