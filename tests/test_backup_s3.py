@@ -643,3 +643,8 @@ def test_an_empty_repository_is_a_usage_error(demo, moto, tmp_path):
     for args in (("backup", "--portable", "--to", ""), ("backup", "list", "--repo", " ")):
         _one_error(_ctx(settings, moto.env(), *args, cwd=tmp_path), 2, "empty repository")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_invalid_bucket_name_is_a_usage_error(demo, moto):
+    for url in (f"s3://{BUCKET}:99/p", "s3://a b/p"):
+        _one_error(_ctx(demo, moto.env(), "backup", "--portable", "--to", url), 2, "Invalid bucket name")

@@ -11,6 +11,7 @@ exit 2), endpoint unreachable or failing (ServiceError, exit 3).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,9 @@ CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken
                     "AuthorizationHeaderMalformed", "InvalidClientTokenId", "403", "Forbidden"}
 DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
 MISSING_BUCKET_CODES = {"NoSuchBucket", "404", "NotFound", "InvalidBucketName"}
+# S3's rules, widened to what older AWS buckets and GCS accept (upper case, underscores, up to 222): anything else
+# (a port, a colon, a space) can only be a typing mistake, and botocore's own refusal of it read as a network fault
+BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,220}[A-Za-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ def parse_url(text: str) -> Location:
     if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment or "@" in parts.netloc:
         raise UsageError(f"Not a repository URL: {shown(text)!r}",
                          hint="Write s3://BUCKET/PREFIX (credentials come from the AWS environment, never the URL).")
+    if not BUCKET_NAME.fullmatch(parts.netloc):
+        raise UsageError(f"Invalid bucket name {parts.netloc!r} in {shown(text)}",
+                         hint="A bucket name has 3 or more letters, digits, dots or hyphens (s3://BUCKET/PREFIX; the "
+                              "endpoint and its port go in CTX_S3_ENDPOINT_URL, not in the URL).")
     return Location(parts.netloc, parts.path.strip("/"))
 
 
