@@ -270,6 +270,12 @@ PROMETHEUS_METRICS = {
 }
 
 
+def _label(value: object) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped (an S3 key may hold any of them, and
+    one unescaped makes node_exporter's textfile collector drop every metric of the file)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def render_prometheus(report: HealthReport) -> str:
     """Text exposition format for node_exporter's textfile collector; every metric with HELP and TYPE."""
 
@@ -277,14 +283,14 @@ def render_prometheus(report: HealthReport) -> str:
         return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"] + [f"{name}{labels} {value}" for labels, value in samples]
 
     statuses = "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"
-    lines = gauge("ctx_health_status", f"Overall status: {statuses}.", [(f'{{runtime="{report.runtime}"}}', report.status)])
+    lines = gauge("ctx_health_status", f"Overall status: {statuses}.", [(f'{{runtime="{_label(report.runtime)}"}}', report.status)])
     lines += gauge("ctx_check_status", f"Status of one check: {statuses}.",
-                   [(f'{{check="{c.name}"}}', c.status) for c in report.checks])
+                   [(f'{{check="{_label(c.name)}"}}', c.status) for c in report.checks])
     lines += gauge("ctx_check_up", "1 when the check passed (OK), else 0.",
-                   [(f'{{check="{c.name}"}}', 1 if c.status == OK else 0) for c in report.checks])
+                   [(f'{{check="{_label(c.name)}"}}', 1 if c.status == OK else 0) for c in report.checks])
     metrics: dict[str, list[tuple[str, object]]] = {}  # label -> samples, one per check (a backup per repository)
     for c in report.checks:
-        tags = "{" + ",".join(f'{k}="{v}"' for k, v in c.labels.items()) + "}" if c.labels else ""
+        tags = "{" + ",".join(f'{k}="{_label(v)}"' for k, v in c.labels.items()) + "}" if c.labels else ""
         for label, (value, *_rest) in c.metrics.items():
             metrics.setdefault(label, []).append((tags, value))
     for label, samples in sorted(metrics.items()):

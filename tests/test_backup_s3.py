@@ -648,3 +648,13 @@ def test_an_empty_repository_is_a_usage_error(demo, moto, tmp_path):
 def test_an_invalid_bucket_name_is_a_usage_error(demo, moto):
     for url in (f"s3://{BUCKET}:99/p", "s3://a b/p"):
         _one_error(_ctx(demo, moto.env(), "backup", "--portable", "--to", url), 2, "Invalid bucket name")
+
+
+def test_prometheus_label_values_are_escaped(demo, moto):
+    """A repository URL holding `"` or `\\` (legal in S3 keys) stays one valid label: an unescaped one makes
+    node_exporter drop every metric of the file."""
+    url = f's3://{BUCKET}/a"b\\c'
+    proc = _ctx(demo, moto.env(CTX_BACKUP_REPOS=url), "health", "--format", "prometheus")
+    lines = [ln for ln in proc.stdout.splitlines() if "backup s3://" in ln or "repo=" in ln]
+    assert lines and all(f'="backup s3://{BUCKET}/a\\"b\\\\c"}}' in ln or f'repo="s3://{BUCKET}/a\\"b\\\\c"' in ln
+                         for ln in lines), lines
