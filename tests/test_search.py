@@ -157,6 +157,31 @@ def test_a_common_word_alone_makes_no_full_text_candidate(samples, monkeypatch):
     assert set(candidates) <= set(everything)
 
 
+def test_words_the_statistics_call_common_are_common_as_counting_says(samples, monkeypatch):
+    """A word ANALYZE's statistics put well above the threshold is taken as common without counting; the candidates
+    are the ones counting every word gives (the samples are small: ANALYZE reads every row, so its figures are exact)."""
+    from coditect_ctx import search as search_mod
+    from coditect_ctx.stores import Store
+
+    with Store(samples) as store, store.pg(autocommit=True) as conn:
+        conn.execute("ANALYZE messages, sessions, checkpoints, patterns")
+        known = conn.execute("SELECT count(*) FROM pg_stats WHERE attname = 'search_vector' "
+                             "AND most_common_elems IS NOT NULL").fetchone()[0]
+        question = "redis eviction policy for the export worker connection pool"
+        sure = conn.execute(
+            "SELECT count(*) FROM pg_stats s JOIN pg_class c ON c.oid = s.tablename::regclass, "
+            "unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) e(lex, f) "
+            "WHERE s.attname = 'search_vector' AND s.schemaname = current_schema() AND e.f * c.reltuples > 3 "
+            "AND e.lex = ANY(tsvector_to_array(to_tsvector('english', %s)))", (question,)).fetchone()[0]
+    assert known and sure, "no word of the question is common by the statistics: this test proves nothing"
+    monkeypatch.setattr(search_mod, "COMMON_WORD_RECORDS", 1)
+    with search_mod.Searcher(samples) as searcher:
+        with_stats = searcher.engine_rankings(make_query(question, mode="text", limit=50))[0]["text"]
+        monkeypatch.setattr(search_mod, "STATS_SURE", 10**9)  # never sure: every word counted
+        counted = searcher.engine_rankings(make_query(question, mode="text", limit=50))[0]["text"]
+    assert with_stats and with_stats == counted
+
+
 # -- modes ---------------------------------------------------------------------------------------------------
 def test_hybrid_finds_the_record_a_question_is_about(samples):
     result = run(samples, "what did we do when the database refused new connections")
