@@ -326,6 +326,22 @@ def split_ref(settings: Settings, ref: str | Path) -> tuple[S3Repo, str] | None:
     return S3Repo(settings, s3.Location(loc.bucket, parent)), name
 
 
+def resolve_ref(settings: Settings, ref: str | Path) -> str | Path:
+    """A bare backup name, as `ctx backup list` shows it for every configured repository, that is not under the
+    backups folder: the backup of that name in the first configured repository holding it (its folder, or its
+    s3:// URL). Anything else unchanged (resolve_backup then names what is missing)."""
+    if not isinstance(ref, str) or s3.is_s3_url(ref) or not _NAME.match(ref) or Path(ref).is_dir() \
+            or (settings.backups_path / ref).is_dir():
+        return ref
+    for repo in repos(settings):
+        try:
+            if repo.exists(ref):
+                return repo.location(ref)
+        except CtxError:  # a repository out of reach holds nothing we can restore now
+            continue
+    return ref
+
+
 # -- jobs across repositories -------------------------------------------------------------------------------
 @dataclass
 class RepoBackupResult:
@@ -419,4 +435,4 @@ def check_remote(settings: Settings, ref: str, progress: Progress = _no_progress
 
 
 __all__ = ["LocalRepo", "S3Repo", "RepoBackupResult", "backup_to", "check_remote", "configured", "local_copy",
-           "open_repo", "repos", "split_ref"]
+           "open_repo", "repos", "resolve_ref", "split_ref"]

@@ -33,7 +33,7 @@ from .config import Settings
 from .errors import CtxError, DataError, SchemaError, ServiceError, UsageError
 from .kinds import COLLECTIONS, TABLES
 from .points import reach
-from .repos import local_copy
+from .repos import local_copy, resolve_ref
 from .stores import Store
 from .stores.s3 import is_s3_url
 from .stores import postgres as pg
@@ -129,6 +129,7 @@ def restore_backup(
     from . import snapshot
 
     start = time.monotonic()
+    ref = resolve_ref(settings, ref)  # a name `ctx backup list` showed, in whichever repository holds it
     # a backup in object storage that this identity cannot open is refused before it is downloaded
     with local_copy(settings, ref, report, progress, lambda m, url: identities_for(settings, url, m)) as folder:
         manifest = load_manifest(folder)
@@ -346,6 +347,7 @@ def verify_backup(
     storage is downloaded to a staging folder first; its verified.json goes back beside it. `test_restore`
     (`--restore`): an encrypted backup without the identity is refused (exit 2, before any download) instead."""
     start = time.monotonic()
+    ref = resolve_ref(settings, ref)
     check = (lambda m, url: identities_for(settings, url, m)) if test_restore else None
     with local_copy(settings, ref, report, progress, check) as folder:
         result = _verify_folder(settings, folder, report, progress, warn, start, test_restore)

@@ -658,3 +658,19 @@ def test_prometheus_label_values_are_escaped(demo, moto):
     lines = [ln for ln in proc.stdout.splitlines() if "backup s3://" in ln or "repo=" in ln]
     assert lines and all(f'="backup s3://{BUCKET}/a\\"b\\\\c"}}' in ln or f'repo="s3://{BUCKET}/a\\"b\\\\c"' in ln
                          for ln in lines), lines
+
+
+def test_a_name_listed_from_object_storage_is_accepted_by_verify(demo, moto):
+    """`ctx backup list` shows bare names for every configured repository: those of object storage work too."""
+    settings = demo
+    repo = f"s3://{BUCKET}/named"
+    env = moto.env(CTX_BACKUP_REPOS=repo)
+    made = _ctx(settings, env, "backup", "--portable", "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    assert name in [b["name"] for b in json.loads(_ctx(settings, env, "backup", "list", "--json").stdout)]
+    checked = _ctx(settings, env, "backup", "verify", name, "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["backup"] == f"{repo}/{name}" and _staged(settings) == []
+    missing = _ctx(settings, env, "restore", "20250101T000000Z", "--yes")
+    _one_error(missing, 2, "No backup at 20250101T000000Z")
