@@ -418,6 +418,11 @@ def local_copy(settings: Settings, ref: str | Path, report: Report = _quiet, pro
         repo.fetch(name, copy, progress, check, report)
         try:
             yield copy
+        except CtxError as exc:  # name the backup where the operator finds it, not a copy about to be removed
+            exc.message = exc.message.replace(str(copy), repo.location(name))
+            if exc.hint:
+                exc.hint = exc.hint.replace("`ctx backup list`", f"`ctx backup list --repo {repo.url}`")
+            raise
         finally:
             if (copy / VERIFIED).is_file():
                 repo.keep_verified(name, copy / VERIFIED)

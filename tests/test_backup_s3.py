@@ -336,7 +336,11 @@ def test_tampered_object_is_refused_and_the_store_unchanged(demo, moto):
     checked = _ctx(settings, env, "backup", "verify", f"{repo}/{name}")
     _one_error(checked, 5, key.split("/", 1)[1], "checksum mismatch")
     refused = _ctx(settings, env, "restore", f"{repo}/{name}", "--yes")
-    _one_error(refused, 5, "checksum mismatch")
+    line = _one_error(refused, 5, "checksum mismatch")
+    # named where the operator finds it (not the staging copy, removed by then), the hint naming its repository
+    flat = " ".join(refused.stderr[refused.stderr.index("Error:"):].split())
+    assert f"{repo}/{name}/" in flat and str(settings.home / "staging") not in flat, line
+    assert f"ctx backup list --repo {repo}" in flat, flat
     assert _counts(settings) == before
     assert _staged(settings) == []
 
