@@ -176,10 +176,11 @@ def newest_backup(settings: Settings) -> tuple[Path, datetime] | None:
 def check_backup(settings: Settings, url: str | None = None) -> Check | None:
     """Age of the newest complete backup in one repository (default: the local backups folder). Object storage
     costs one listing and one small GET, within CTX_TIMEOUT; one that cannot be reached, or holds no complete
-    backup yet, is a WARNING naming it. A local folder without backups is no check at all (a new store)."""
+    backup yet, is a WARNING naming it. The default backups folder without backups is no check at all (a new
+    store), unless CTX_BACKUP_REPOS names it."""
     limit = settings.backup_max_age_hours
     url = url or str(settings.backups_path)
-    local = url == str(settings.backups_path)
+    local = not url.lower().startswith("s3://") and Path(url).expanduser().resolve() == settings.backups_path.resolve()
     name, labels = ("backup", {}) if local else (f"backup {url}", {"repo": url})
     if local:
         found = newest_backup(settings)
@@ -192,7 +193,9 @@ def check_backup(settings: Settings, url: str | None = None) -> Check | None:
         except CtxError as exc:
             return Check(name, WARNING, f"backup repository unreachable: {exc.message}", labels=labels)
     if newest is None:
-        return None if local else Check(name, WARNING, f"no complete backup in {url} yet", labels=labels)
+        if local and not settings.backup_repos.strip():  # the default folder of a new store: nothing to say yet
+            return None
+        return Check(name, WARNING, f"no complete backup in {url} yet", labels=labels)
     backup, ended = newest
     age_h = (datetime.now(timezone.utc) - ended).total_seconds() / 3600
     status = WARNING if age_h > limit else OK

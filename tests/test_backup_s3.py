@@ -678,3 +678,16 @@ def test_a_name_listed_from_object_storage_is_accepted_by_verify(demo, moto):
     assert json.loads(checked.stdout)["backup"] == f"{repo}/{name}" and _staged(settings) == []
     missing = _ctx(settings, env, "restore", "20250101T000000Z", "--yes")
     _one_error(missing, 2, "No backup at 20250101T000000Z")
+
+
+def test_health_warns_when_a_configured_local_repository_has_no_backup(demo, tmp_path):
+    """CTX_BACKUP_REPOS names the backups folder (with a trailing slash, as written in a crontab): no backup there
+    yet is a WARNING, as for any configured repository; the default folder of a new store stays silent."""
+    empty = tmp_path / "backups"
+    empty.mkdir()
+    env = {"CTX_BACKUP_DIR": str(empty)}
+    quiet = json.loads(_ctx(demo, env, "health", "--json").stdout)
+    assert not [c for c in quiet["checks"] if c["name"].startswith("backup")], quiet["checks"]
+    named = json.loads(_ctx(demo, {**env, "CTX_BACKUP_REPOS": f"{empty}/"}, "health", "--json").stdout)
+    [check] = [c for c in named["checks"] if c["name"].startswith("backup")]
+    assert check["name"] == "backup" and check["status"] == "WARNING" and "no complete backup" in check["message"]
