@@ -9,12 +9,14 @@ Every test runs with a clean environment: no CTX_* variables from the caller, cw
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -75,13 +77,14 @@ def _short_tmp(prefix: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def models_dir() -> Path:
+def models_dir() -> Iterator[Path]:
     """One ONNX export per test run, shared by every store the tests make."""
     from coditect_ctx.embed import ensure_onnx
 
     path = _short_tmp("ctx-models-")
     ensure_onnx(path)
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _start(settings: Settings, models: Path | None):
@@ -105,6 +108,7 @@ def stack(models_dir):
     _start(settings, models_dir)
     yield settings
     stack_job.down(settings, volumes=True)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -120,6 +124,7 @@ def fresh_stack(models_dir):
         stack_job.down(settings, volumes=True)
     except Exception:
         pass
+    shutil.rmtree(home, ignore_errors=True)  # its .env holds the store's secrets; nothing of a test outlives it
 
 
 @pytest.fixture
