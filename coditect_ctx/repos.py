@@ -27,8 +27,8 @@ from typing import Callable, Iterator
 
 from .backup import (
     _NAME, MANIFEST, PENDING_MANIFEST, VERIFIED, BackupInfo, BackupResult, PrunePlan, Progress, Report, _fsync_dir,
-    _no_progress, _quiet, create_backup, list_backups, newest_in, parse_iso, parse_manifest, plan_prune,
-    prune_backups, remove_stale_partials, resolve_backup, staging_folder, utc_now,
+    _no_progress, _quiet, create_backup, list_backups, newest_in, parse_iso, parse_manifest,
+    plan_prune, prune_backups, remove_stale_partials, resolve_backup, staging_folder, utc_now,
 )
 from .config import Settings
 from .errors import ConfigError, CtxError, DataError, ServiceError, UsageError
@@ -219,10 +219,18 @@ class S3Repo:
         self._present(name, files)
         if check is not None:
             check(manifest, self.location(name))
+        total = sum(int(m.get("bytes") or 0) for m in files.values())
+        # the download, and the clear copies an encrypted backup is decrypted into beside it (restore.py)
+        need = total + sum(int(m.get("clear_bytes") or 0) for m in files.values())
+        free = shutil.disk_usage(staging.parent).free
+        if need > free:
+            where = staging.parent.parent  # $CTX_HOME/staging (this run's folder in it is removed on the way out)
+            raise ConfigError(f"Restoring {self.location(name)} needs {need / 1e6:,.1f} MB in {where}; "
+                              f"{free / 1e6:,.1f} MB free there",
+                              hint="Free space on that disk, then run the command again.")
         report(f"download: {self.location(name)} -> {staging}")
         staging.mkdir(parents=True, mode=0o700)
         (staging / MANIFEST).write_bytes(data)
-        total = sum(int(m.get("bytes") or 0) for m in files.values())
         got = [0]
 
         def moved(n: int) -> None:

@@ -691,3 +691,24 @@ def test_health_warns_when_a_configured_local_repository_has_no_backup(demo, tmp
     named = json.loads(_ctx(demo, {**env, "CTX_BACKUP_REPOS": f"{empty}/"}, "health", "--json").stdout)
     [check] = [c for c in named["checks"] if c["name"].startswith("backup")]
     assert check["name"] == "backup" and check["status"] == "WARNING" and "no complete backup" in check["message"]
+
+
+def test_a_download_that_cannot_fit_is_refused_before_it_starts(demo, moto):
+    """The manifest gives every file's size: a backup larger than the free space of the staging disk is one clear
+    error naming the folder (exit 2), before anything is downloaded, never exit 70 half-way."""
+    settings, s3c = demo, moto.client()
+    repo = f"s3://{BUCKET}/huge"
+    made = _ctx(settings, moto.env(), "backup", "--portable", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    name = json.loads(made.stdout)["name"]
+    key = f"huge/{name}/manifest.json"
+    manifest = json.loads(s3c.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    manifest["files"]["postgres.dump"]["bytes"] = 10 ** 18  # more than any disk here: what a 1 EB dump would say
+    manifest["checksum"] = bk.manifest_checksum(manifest)
+    s3c.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode())
+    before = _counts(settings)
+    proc = _ctx(settings, moto.env(), "restore", f"{repo}/{name}", "--yes")
+    _one_error(proc, 2)
+    flat = " ".join(proc.stderr[proc.stderr.index("Error:"):].split())
+    assert f"{repo}/{name} needs" in flat and f"MB in {settings.home / 'staging'};" in flat, flat
+    assert "download:" not in proc.stderr and _staged(settings) == [] and _counts(settings) == before

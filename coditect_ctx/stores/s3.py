@@ -10,6 +10,7 @@ exit 2), endpoint unreachable or failing (ServiceError, exit 3).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -213,6 +214,12 @@ class Bucket:
     def download(self, key: str, path: Path, callback: Callable[[int], None] | None = None) -> None:
         try:
             self._client.download_file(self.loc.bucket, key, str(path), Config=transfer_config(), Callback=callback)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise self._fail(exc) from exc
+            raise ConfigError(f"No space left in {path.parent} while downloading s3://{self.loc.bucket}/{key}",
+                              hint="Free space on that disk (ctx stages downloads in $CTX_HOME/staging), then run "
+                                   "the command again.") from exc
         except Exception as exc:
             raise self._fail(exc) from exc
 
