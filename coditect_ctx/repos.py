@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from .backup import (
     _NAME, MANIFEST, PENDING_MANIFEST, VERIFIED, BackupInfo, BackupResult, PrunePlan, Progress, Report, _fsync_dir,
-    _no_progress, _quiet, create_backup, list_backups, newest_in, parse_iso, parse_manifest,
+    _file_name_pattern, _no_progress, _quiet, create_backup, list_backups, newest_in, parse_iso, parse_manifest,
     plan_prune, prune_backups, remove_stale_partials, resolve_backup, staging_folder, utc_now,
 )
 from .config import Settings
@@ -93,6 +93,11 @@ class LocalRepo:
         return prune_backups(self.path, keep_daily, keep_weekly, keep_monthly, dry_run=dry_run, now=now, report=report)
 
 
+def _ours(rel: str) -> bool:
+    """A path inside a backup folder that ctx writes: a file of its layout, the manifest, verified.json."""
+    return rel in (MANIFEST, VERIFIED) or bool(_file_name_pattern().fullmatch(rel))
+
+
 class S3Repo:
     kind = "s3"
 
@@ -115,12 +120,13 @@ class S3Repo:
         return self.loc.key(name, rel)
 
     def _scan(self) -> dict[str, dict[str, dict]]:
-        """name -> {path inside the backup: object}, for every backup-named folder below the location."""
+        """name -> {path inside the backup: object}, for every backup-named folder below the location holding
+        files of ctx's layout (anyone else's objects there are neither listed nor ever deleted)."""
         found: dict[str, dict[str, dict]] = {}
         top = self.bucket.folder()
         for obj in self.bucket.objects():
             name, _, rel = obj["Key"][len(top):].partition("/")
-            if _NAME.match(name) and rel:
+            if _NAME.match(name) and _ours(rel):
                 found.setdefault(name, {})[rel] = obj
         return found
 
@@ -282,7 +288,7 @@ class S3Repo:
             for name in plan.delete + plan.partial_delete:
                 report(f"prune: removing {self.location(name)}")
                 # the manifest first: a backup half-deleted by a killed prune is no longer listed as complete
-                keys = sorted(self._objects(name), key=lambda rel: rel != MANIFEST)
+                keys = sorted((rel for rel in self._objects(name) if _ours(rel)), key=lambda rel: rel != MANIFEST)
                 self.bucket.delete([self._key(name, rel) for rel in keys])
             for key, upload_id in stale:
                 report(f"prune: aborting the unfinished upload of s3://{self.loc.bucket}/{key}")

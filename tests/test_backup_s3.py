@@ -712,3 +712,20 @@ def test_a_download_that_cannot_fit_is_refused_before_it_starts(demo, moto):
     flat = " ".join(proc.stderr[proc.stderr.index("Error:"):].split())
     assert f"{repo}/{name} needs" in flat and f"MB in {settings.home / 'staging'};" in flat, flat
     assert "download:" not in proc.stderr and _staged(settings) == [] and _counts(settings) == before
+
+
+def test_objects_that_are_not_ctxs_are_neither_listed_nor_pruned(demo, moto):
+    """Someone else's files under a backup-shaped folder name in the prefix: not an "unfinished" backup of ctx's,
+    never deleted by prune, however old."""
+    from coditect_ctx.backup import utc_now
+
+    settings, s3c = demo, moto.client()
+    repo = f"s3://{BUCKET}/shared"
+    s3c.put_object(Bucket=BUCKET, Key="shared/20250101T000000Z/notes.txt", Body=b"not ctx's")
+    s3c.put_object(Bucket=BUCKET, Key="shared/20250102T000000Z/postgres.dump", Body=b"a killed upload of ctx's")
+    listed = _ctx(settings, moto.env(), "backup", "list", "--repo", repo, "--json")
+    assert [b["name"] for b in json.loads(listed.stdout)] == ["20250102T000000Z"], listed.stdout
+    with _library_repo(settings, moto, repo) as repository:
+        plan = repository.prune(7, 4, 6, now=utc_now() + timedelta(days=2))
+    assert plan.partial_delete == ["20250102T000000Z"]
+    assert moto.keys("shared/") == ["shared/20250101T000000Z/notes.txt"]
