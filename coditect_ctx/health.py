@@ -9,6 +9,7 @@ The kinds' tables and collections the drift check compares come from kinds.py.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -189,7 +190,10 @@ def check_backup(settings: Settings, url: str | None = None) -> Check | None:
         from .repos import open_repo
 
         try:
-            newest = open_repo(settings, url, quick=True).newest()
+            newest = _within(settings.timeout, lambda: open_repo(settings, url, quick=True).newest())
+        except TimeoutError:
+            return Check(name, WARNING, f"backup repository unreachable: {url} did not answer within "
+                                        f"{settings.timeout:g} s (CTX_TIMEOUT)", labels=labels)
         except CtxError as exc:
             return Check(name, WARNING, f"backup repository unreachable: {exc.message}", labels=labels)
     if newest is None:
@@ -202,6 +206,27 @@ def check_backup(settings: Settings, url: str | None = None) -> Check | None:
     where = "" if local else f" in {url}"
     return Check(name, status, f"newest backup {backup}{where} is {age_h:.1f} h old (limit {limit:g} h)",
                  {"backup_age_hours": (round(age_h, 2), "", limit, None, 0, None)}, labels=labels)
+
+
+def _within(seconds: float, fn):
+    """fn() with one deadline for all it does (a listing and a GET, each with its own socket timeouts); past it,
+    TimeoutError, and the call goes on in a daemon thread that never holds the process open."""
+    done: dict = {}
+
+    def call() -> None:
+        try:
+            done["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            done["error"] = exc
+
+    worker = threading.Thread(target=call, daemon=True, name="ctx-health-repo")
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
 
 
 def backup_repos(settings: Settings) -> list[str]:

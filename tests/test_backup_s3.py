@@ -729,3 +729,19 @@ def test_objects_that_are_not_ctxs_are_neither_listed_nor_pruned(demo, moto):
         plan = repository.prune(7, 4, 6, now=utc_now() + timedelta(days=2))
     assert plan.partial_delete == ["20250102T000000Z"]
     assert moto.keys("shared/") == ["shared/20250101T000000Z/notes.txt"]
+
+
+def test_health_gives_a_hung_repository_one_deadline(demo, moto):
+    """An endpoint that accepts connections and never answers: the repository check ends at CTX_TIMEOUT as a
+    WARNING saying so, the other checks unaffected."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        endpoint = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        repo = f"s3://{BUCKET}/hung"
+        proc = _ctx(demo, moto.env(CTX_S3_ENDPOINT_URL=endpoint, CTX_BACKUP_REPOS=repo, CTX_TIMEOUT="1"),
+                    "health", "--json")
+    report = json.loads(proc.stdout)
+    check = next(c for c in report["checks"] if c["name"] == f"backup {repo}")
+    assert check["status"] == "WARNING" and "did not answer within 1 s (CTX_TIMEOUT)" in check["message"], check
+    assert {c["name"]: c["status"] for c in report["checks"]}["postgres"] == "OK"
