@@ -75,6 +75,9 @@ def parse_recipients(text: str, setting: str = RECIPIENTS_SETTING) -> list[str]:
                               "keys belong on the machine that takes backups",
                               hint="Put its public key there instead (`age-keygen -y key.txt` prints it), and keep the "
                                    "identity file off this machine.")
+        if token.startswith(("ssh-", "sk-ssh-", "ecdsa-sha2-")):  # `$(cat id_ed25519.pub)`, split on its spaces
+            raise ConfigError(f"{setting}: SSH keys ({token}) are not supported as recipients, only age public keys",
+                              hint=RECIPIENTS_HINT)
         path = Path(token).expanduser()
         if not token.lower().startswith("age1") and path.is_file():
             keys += _recipients_file(path, setting)

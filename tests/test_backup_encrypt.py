@@ -208,6 +208,9 @@ def test_bad_recipients_and_identities_are_clear_errors(stack, tmp_path):
     dest = ("--dest", str(tmp_path / "b"))
     result = _ctx(settings, "backup", *dest, CTX_BACKUP_RECIPIENTS=f"{public},age1notakey")
     assert result.returncode == 2 and "'age1notakey' is not an age public key" in result.stderr, result.stderr
+    ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@example"
+    result = _ctx(settings, "backup", *dest, CTX_BACKUP_RECIPIENTS=ssh)
+    assert result.returncode == 2 and "SSH keys (ssh-ed25519) are not supported" in " ".join(result.stderr.split())
     result = _ctx(settings, "backup", *dest, CTX_BACKUP_RECIPIENTS=_secret(key))
     assert result.returncode == 2 and "secret key" in result.stderr
     assert _secret(key) not in result.stderr + result.stdout and _secret(key)[20:40] not in result.stderr
