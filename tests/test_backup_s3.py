@@ -168,6 +168,13 @@ def _answers(settings) -> list:
     return out
 
 
+def _backed_up(settings, env: dict, repo: str) -> str:
+    """`ctx backup --to repo`, which must succeed; the backup's name."""
+    made = _ctx(settings, env, "backup", "--to", repo, "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    return json.loads(made.stdout)["name"]
+
+
 def _one_error(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
     """Exit `code`, one `Error:` line naming `words` and a `Hint:`, no traceback."""
     err = proc.stderr
@@ -323,9 +330,7 @@ def test_killed_upload_is_never_listed_restored_or_counted(demo, moto):
 def test_tampered_object_is_refused_and_the_store_unchanged(demo, moto):
     settings, env = demo, moto.env()
     repo = f"s3://{BUCKET}/tamper"
-    made = _ctx(settings, env, "backup", "--to", repo, "--json")
-    assert made.returncode == 0, made.stdout + made.stderr
-    name = json.loads(made.stdout)["name"]
+    name = _backed_up(settings, env, repo)
     s3c = moto.client()
     key = f"tamper/{name}/chroma/{COLLECTIONS['message']}.jsonl.gz"
     data = bytearray(s3c.get_object(Bucket=BUCKET, Key=key)["Body"].read())
@@ -350,9 +355,7 @@ def test_a_manifest_naming_a_path_outside_the_backup_is_refused_before_anything_
     `../../x` must never be downloaded, decrypted or read outside the staging folder."""
     settings, env = demo, moto.env()
     repo = f"s3://{BUCKET}/escape"
-    made = _ctx(settings, env, "backup", "--to", repo, "--json")
-    assert made.returncode == 0, made.stdout + made.stderr
-    name = json.loads(made.stdout)["name"]
+    name = _backed_up(settings, env, repo)
     s3c = moto.client()
     manifest = json.loads(s3c.get_object(Bucket=BUCKET, Key=f"escape/{name}/manifest.json")["Body"].read())
     target = tmp_path / "written-by-a-bucket-writer"
@@ -463,9 +466,7 @@ def test_encrypted_backup_through_object_storage_needs_its_identity(demo, moto, 
         keys[who].chmod(0o600)
         keys[f"{who}-public"] = str(identity.to_public())
     env = moto.env(CTX_BACKUP_RECIPIENTS=keys["right-public"])
-    made = _ctx(settings, env, "backup", "--to", repo, "--json")
-    assert made.returncode == 0, made.stdout + made.stderr
-    name = json.loads(made.stdout)["name"]
+    name = _backed_up(settings, env, repo)
     stored = moto.keys(f"sealed/{name}/")
     assert f"sealed/{name}/postgres.dump.age" in stored and f"sealed/{name}/postgres.dump" not in stored
     assert moto.client().get_object(Bucket=BUCKET, Key=f"sealed/{name}/postgres.dump.age")["Body"].read(21) == \
